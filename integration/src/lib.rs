@@ -1,0 +1,252 @@
+//! A harness for tests and benchmarks that run real homeport processes on 127.0.0.x.
+//!
+//! Each [`Cluster`] lives in its own temp dir, on its own randomly chosen loopback subnet
+//! (127.X.Y.1-3, one IP per campus) with ports the kernel handed out, so tests run in parallel
+//! without colliding. Every process it starts is killed when it is dropped.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use homeport_config::Deployment;
+use homeport_queue::client::{self, NodeClient};
+
+/// How long a started node gets to answer its first status request.
+pub const NODE_START_TIMEOUT_MS: u64 = 30_000;
+/// Poll interval of [`wait_until`]: short enough to be quick, long enough not to spin.
+const POLL_INTERVAL_MS: u64 = 25;
+
+/// What to build: region names, groups per region, and extra `[queue]` TOML lines.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub regions: Vec<String>,
+    pub groups_per_region: usize,
+    /// Lines placed in the `[queue]` table, e.g. `"attempt_timeout_ms = 500"`.
+    pub queue_settings: Vec<String>,
+}
+
+impl ClusterSpec {
+    pub fn one_region(groups: usize) -> Self {
+        Self {
+            regions: vec!["sh".to_owned()],
+            groups_per_region: groups,
+            queue_settings: Vec::new(),
+        }
+    }
+
+    pub fn with(mut self, setting: &str) -> Self {
+        self.queue_settings.push(setting.to_owned());
+        self
+    }
+}
+
+/// A deployment of real processes in a temp dir.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub deployment: Deployment,
+    bin: PathBuf,
+    children: Mutex<HashMap<String, Child>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Ok(mut children) = self.children.lock() {
+            for (_, mut c) in children.drain() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+fn random_subnet() -> (u8, u8) {
+    (rand::random_range(16..=250), rand::random_range(1..=250))
+}
+
+/// Ports the kernel says are free on `ip`, for UDP (QUIC) and TCP (admin HTTP) each. The sockets
+/// are held until all are chosen so one call never hands out a port twice.
+fn free_ports(ip: IpAddr, n: usize) -> Result<Vec<(u16, u16)>> {
+    let mut held_udp = Vec::new();
+    let mut held_tcp = Vec::new();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let u = UdpSocket::bind(SocketAddr::new(ip, 0)).with_context(|| format!("binding UDP on {ip}"))?;
+        let t = TcpListener::bind(SocketAddr::new(ip, 0)).with_context(|| format!("binding TCP on {ip}"))?;
+        out.push((u.local_addr()?.port(), t.local_addr()?.port()));
+        held_udp.push(u);
+        held_tcp.push(t);
+    }
+    Ok(out)
+}
+
+impl Cluster {
+    /// Writes the deployment file and certificates; starts nothing (see [`Cluster::start_all`]).
+    pub fn new(bin: &Path, spec: &ClusterSpec) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("homeport-it-").tempdir()?;
+        let (x, y) = random_subnet();
+        let campus_ips: Vec<IpAddr> = (1..=3).map(|c| IpAddr::V4(Ipv4Addr::new(127, x, y, c))).collect();
+        let nodes_per_campus = spec.regions.len() * spec.groups_per_region;
+        let mut ports: Vec<Vec<(u16, u16)>> = Vec::new();
+        for ip in &campus_ips {
+            ports.push(free_ports(*ip, nodes_per_campus)?);
+        }
+        let mut toml = String::new();
+        writeln!(toml, "[deployment]\nname = \"it\"\ndata_root = \"data\"\n")?;
+        writeln!(toml, "[tls]\nca_cert = \"certs/ca.pem\"\ncert_dir = \"certs\"\n")?;
+        writeln!(toml, "[queue]")?;
+        for s in &spec.queue_settings {
+            writeln!(toml, "{s}")?;
+        }
+        let mut slot = 0;
+        for r in &spec.regions {
+            writeln!(toml, "\n[[regions]]\nname = \"{r}\"")?;
+            for g in 1..=spec.groups_per_region {
+                writeln!(toml, "\n[[regions.queue_groups]]\nname = \"g{g}\"\nnodes = [")?;
+                for (c, campus) in ["a", "b", "c"].iter().enumerate() {
+                    let (qp, ap) = ports[c][slot];
+                    let ip = campus_ips[c];
+                    writeln!(
+                        toml,
+                        "  {{ id = \"{r}-g{g}-{campus}\", addr = \"{ip}:{qp}\", admin_addr = \"{ip}:{ap}\", campus = \"{campus}\" }},"
+                    )?;
+                }
+                writeln!(toml, "]")?;
+                slot += 1;
+            }
+        }
+        let config_path = dir.path().join("homeport.toml");
+        std::fs::write(&config_path, &toml)?;
+        let deployment = homeport_config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}\n{toml}"))?;
+        homeport::write_certs(&deployment, &deployment.tls.cert_dir)?;
+        std::fs::create_dir_all(dir.path().join("logs"))?;
+        Ok(Self {
+            dir,
+            config_path,
+            deployment,
+            bin: bin.to_owned(),
+            children: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn node_ids(&self) -> Vec<String> {
+        self.deployment.nodes().map(|n| n.node.id.clone()).collect()
+    }
+
+    pub fn log_path(&self, node: &str) -> PathBuf {
+        self.dir.path().join("logs").join(format!("{node}.log"))
+    }
+
+    /// The node's log file contents, for assertions and for failure messages.
+    pub fn node_log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.log_path(node)).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self, node: &str) -> PathBuf {
+        self.deployment
+            .node(node)
+            .map(|n| n.node.data_dir.clone())
+            .unwrap_or_default()
+    }
+
+    /// Starts the node's process (its log appends to `logs/<node>.log`).
+    pub fn start_node(&self, node: &str) -> Result<()> {
+        let mut children = self.children.lock().expect("children lock");
+        if children.contains_key(node) {
+            bail!("node {node} is already running");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(node))?;
+        let child = Command::new(&self.bin)
+            .arg("queue-node")
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--node")
+            .arg(node)
+            .env("HOMEPORT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {}", self.bin.display()))?;
+        children.insert(node.to_owned(), child);
+        Ok(())
+    }
+
+    pub fn start_all(&self) -> Result<()> {
+        for id in self.node_ids() {
+            self.start_node(&id)?;
+        }
+        Ok(())
+    }
+
+    /// `kill -9`: no shutdown path runs, as in a crash.
+    pub fn kill_node(&self, node: &str) -> Result<()> {
+        let child = self.children.lock().expect("children lock").remove(node);
+        let Some(mut child) = child else {
+            bail!("node {node} is not running");
+        };
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    pub fn is_running(&self, node: &str) -> bool {
+        let mut children = self.children.lock().expect("children lock");
+        match children.get_mut(node) {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// A QUIC client endpoint with the certificate of `identity` (a node id, `region-<r>`, `operator`).
+    pub fn endpoint(&self, identity: &str) -> Result<quinn::Endpoint> {
+        Ok(client::client_endpoint(&self.deployment, identity)?)
+    }
+
+    pub fn node_client(&self, endpoint: &quinn::Endpoint, node: &str) -> Result<NodeClient> {
+        let n = self
+            .deployment
+            .node(node)
+            .with_context(|| format!("no node {node}"))?;
+        Ok(NodeClient::new(endpoint.clone(), &n.region.name, node, n.node.addr))
+    }
+
+    /// Waits until every listed node answers a status request.
+    pub async fn wait_up(&self, endpoint: &quinn::Endpoint, nodes: &[String]) -> Result<()> {
+        for id in nodes {
+            let c = self.node_client(endpoint, id)?;
+            let what = format!("node {id} to answer");
+            let r = wait_until(&what, NODE_START_TIMEOUT_MS, || async { c.status(1_000).await.is_ok() }).await;
+            if let Err(e) = r {
+                bail!("{e}\n--- log of {id} ---\n{}", self.node_log(id));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Polls `cond` until it holds or `timeout_ms` passes. Tests wait for conditions, never for time.
+pub async fn wait_until<F, Fut>(what: &str, timeout_ms: u64, mut cond: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    loop {
+        if cond().await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout_ms} ms waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+    }
+}

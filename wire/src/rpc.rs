@@ -1,0 +1,360 @@
+//! One request per bidirectional stream: the client writes one `Request` frame and finishes its
+//! side, the server answers with one `Response` frame and finishes. Streams are cheap in QUIC, so
+//! concurrent requests never wait behind each other (no head-of-line blocking, no request ids).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, error, warn};
+
+use crate::frame::{FRAME_PREFIX_BYTES, decode_body, decode_frame_len, encode_frame};
+use crate::tls::CLOSE_WRONG_IDENTITY;
+use crate::{Identity, PROTOCOL_VERSION, WireError, pb, peer_identity};
+
+/// Oldest protocol version a server of this build still answers.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+/// First receive-buffer reservation for a frame that arrives in pieces; the buffer then grows
+/// with the bytes actually received, so memory follows data, not the announced length.
+const INITIAL_FRAME_BUFFER_BYTES: usize = 64 << 10;
+
+/// A request carrying this build's protocol version.
+pub fn request(body: pb::request::Body) -> pb::Request {
+    pb::Request {
+        protocol_version: PROTOCOL_VERSION,
+        body: Some(body),
+    }
+}
+
+/// A response reporting `code`; `message` is for humans (logs, CLI output).
+pub fn error_response(code: pb::ErrorCode, message: impl Into<String>) -> pb::Response {
+    pb::Response {
+        body: Some(pb::response::Body::Error(pb::ErrorResponse {
+            code: code as i32,
+            message: message.into(),
+        })),
+    }
+}
+
+/// Writes `msg` as one frame. Does not finish the stream.
+pub async fn write_frame<M: prost::Message>(
+    send: &mut quinn::SendStream,
+    msg: &M,
+) -> Result<(), WireError> {
+    write_bytes(send, encode_frame(msg)?).await
+}
+
+async fn write_bytes(send: &mut quinn::SendStream, frame: Bytes) -> Result<(), WireError> {
+    send.write_chunk(frame).await.map_err(|e| match e {
+        quinn::WriteError::ConnectionLost(source) => WireError::Connection {
+            what: "writing a frame",
+            source,
+        },
+        other => WireError::Stream {
+            what: "writing a frame",
+            detail: other.to_string(),
+        },
+    })
+}
+
+/// Reads one frame and decodes it. A length over `max_frame_bytes` is refused as soon as the
+/// prefix arrives, before any of the body is read or buffered.
+pub async fn read_frame<M: prost::Message + Default>(
+    recv: &mut quinn::RecvStream,
+    max_frame_bytes: usize,
+) -> Result<M, WireError> {
+    let mut prefix = [0u8; FRAME_PREFIX_BYTES];
+    recv.read_exact(&mut prefix).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(0) => WireError::Stream {
+            what: "reading a frame",
+            detail: "the peer finished the stream without sending a frame".to_string(),
+        },
+        quinn::ReadExactError::FinishedEarly(n) => WireError::Stream {
+            what: "reading a frame",
+            detail: format!(
+                "the stream ended after {n} of the {FRAME_PREFIX_BYTES} length-prefix bytes"
+            ),
+        },
+        quinn::ReadExactError::ReadError(e) => read_error(e),
+    })?;
+    let len = decode_frame_len(prefix, max_frame_bytes)?;
+    decode_body(read_body(recv, len).await?)
+}
+
+async fn read_body(recv: &mut quinn::RecvStream, len: usize) -> Result<Bytes, WireError> {
+    let mut buf = BytesMut::new();
+    while buf.len() < len {
+        let chunk = recv
+            .read_chunk(len - buf.len(), true)
+            .await
+            .map_err(read_error)?
+            .ok_or_else(|| WireError::Stream {
+                what: "reading a frame",
+                detail: format!(
+                    "the stream ended after {} of the {len} bytes its prefix announced",
+                    buf.len()
+                ),
+            })?;
+        debug_assert!(chunk.bytes.len() <= len - buf.len());
+        if buf.is_empty() && chunk.bytes.len() == len {
+            // The common case: the whole body in one chunk, handed on without a copy.
+            return Ok(chunk.bytes);
+        }
+        if buf.is_empty() {
+            buf.reserve(len.min(INITIAL_FRAME_BUFFER_BYTES));
+        }
+        buf.extend_from_slice(&chunk.bytes);
+    }
+    Ok(buf.freeze())
+}
+
+fn read_error(e: quinn::ReadError) -> WireError {
+    match e {
+        quinn::ReadError::ConnectionLost(source) => WireError::Connection {
+            what: "reading a frame",
+            source,
+        },
+        other => WireError::Stream {
+            what: "reading a frame",
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Sends `req` on a new stream and waits for its response, all within `timeout_ms` (including
+/// waiting for a free stream when the peer's stream limit is reached). A server error is an
+/// `Ok` response with an `Error` body; `Err` means no response arrived.
+pub async fn call(
+    conn: &quinn::Connection,
+    req: &pb::Request,
+    timeout_ms: u64,
+    max_frame_bytes: usize,
+) -> Result<pb::Response, WireError> {
+    let frame = encode_frame(req)?;
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    let timeout = || WireError::Timeout {
+        what: format!("request to {}", conn.remote_address()),
+        timeout_ms,
+    };
+    let (mut send, mut recv) = tokio::time::timeout_at(deadline, conn.open_bi())
+        .await
+        .map_err(|_| timeout())?
+        .map_err(|source| WireError::Connection {
+            what: "opening a request stream",
+            source,
+        })?;
+    let exchange = async {
+        let written = write_bytes(&mut send, frame).await.and_then(|()| {
+            send.finish().map_err(|e| WireError::Stream {
+                what: "finishing a request",
+                detail: e.to_string(),
+            })
+        });
+        // Even when the write failed because the server stopped reading (it refused the
+        // request, e.g. as too large), its response explaining why may be waiting.
+        match read_frame::<pb::Response>(&mut recv, max_frame_bytes).await {
+            Ok(response) => Ok(response),
+            Err(read_err) => Err(written.err().unwrap_or(read_err)),
+        }
+    };
+    let result = tokio::time::timeout_at(deadline, exchange).await;
+    match result {
+        Ok(outcome) => outcome,
+        Err(_elapsed) => {
+            // Tell the server to stop working on an answer nobody will read.
+            let _ = send.reset(quinn::VarInt::from_u32(0));
+            let _ = recv.stop(quinn::VarInt::from_u32(0));
+            Err(timeout())
+        }
+    }
+}
+
+/// Accepts connections; for each bidi stream reads one Request frame, calls
+/// `handler(identity, request).await`, writes the Response, finishes the stream. Returns when
+/// `endpoint` is closed.
+///
+/// Only peers whose certificate chains to the CA complete the handshake, and a connection whose
+/// certificate names no identity is closed before its first stream, so unauthenticated peers never
+/// reach the handler. The handler sees only requests with a supported `protocol_version` and a
+/// body this build knows: others get `UNSUPPORTED_VERSION` or `BAD_REQUEST` answers here, the same
+/// way on every server. Oversized or undecodable requests get `TOO_LARGE` / `BAD_REQUEST`.
+///
+/// A handler runs to completion even if its peer goes away, so handlers never see cancellation
+/// mid-way except when `serve` itself ends or is dropped.
+pub async fn serve<H, F>(endpoint: quinn::Endpoint, max_frame_bytes: usize, handler: H)
+where
+    H: Fn(Arc<Identity>, pb::Request) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = pb::Response> + Send + 'static,
+{
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    connections.spawn(serve_connection(incoming, max_frame_bytes, handler.clone()));
+                }
+                None => break,
+            },
+            Some(joined) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = joined {
+                    if e.is_panic() {
+                        error!(error = %e, "a connection task panicked");
+                    }
+                }
+            }
+        }
+    }
+    debug!("endpoint closed; serve returns");
+}
+
+async fn serve_connection<H, F>(incoming: quinn::Incoming, max_frame_bytes: usize, handler: H)
+where
+    H: Fn(Arc<Identity>, pb::Request) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = pb::Response> + Send + 'static,
+{
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            warn!(%remote, error = %e, "handshake failed; peer refused");
+            return;
+        }
+    };
+    let identity = match peer_identity(&conn) {
+        Ok(identity) => Arc::new(identity),
+        Err(e) => {
+            warn!(%remote, error = %e, "peer certificate names no identity; connection closed");
+            conn.close(CLOSE_WRONG_IDENTITY, b"certificate names no homeport identity");
+            return;
+        }
+    };
+    debug!(%remote, peer = %identity, "connection accepted");
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    streams.spawn(serve_stream(
+                        identity.clone(),
+                        send,
+                        recv,
+                        max_frame_bytes,
+                        handler.clone(),
+                    ));
+                }
+                Err(e) => {
+                    debug!(%remote, peer = %identity, reason = %e, "connection ended");
+                    break;
+                }
+            },
+            Some(joined) = streams.join_next(), if !streams.is_empty() => log_panic(joined, &identity),
+        }
+    }
+    while let Some(joined) = streams.join_next().await {
+        log_panic(joined, &identity);
+    }
+}
+
+fn log_panic(joined: Result<(), tokio::task::JoinError>, identity: &Identity) {
+    if let Err(e) = joined {
+        if e.is_panic() {
+            error!(peer = %identity, error = %e, "a request handler panicked");
+        }
+    }
+}
+
+async fn serve_stream<H, F>(
+    identity: Arc<Identity>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    max_frame_bytes: usize,
+    handler: H,
+) where
+    H: Fn(Arc<Identity>, pb::Request) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = pb::Response> + Send + 'static,
+{
+    let response = match read_frame::<pb::Request>(&mut recv, max_frame_bytes).await {
+        Ok(request) => match refuse(&request) {
+            Some(refusal) => refusal,
+            None => handler(identity.clone(), request).await,
+        },
+        Err(e @ WireError::FrameTooLarge { .. }) => {
+            // Stop the peer sending the rest of a frame we will never read.
+            let _ = recv.stop(quinn::VarInt::from_u32(0));
+            error_response(pb::ErrorCode::TooLarge, e.to_string())
+        }
+        Err(e @ WireError::Decode { .. }) => error_response(pb::ErrorCode::BadRequest, e.to_string()),
+        Err(e) => {
+            debug!(peer = %identity, error = %e, "request stream failed before a request arrived");
+            return;
+        }
+    };
+    drop(recv);
+    let frame = match encode_frame(&response) {
+        Ok(frame) => frame,
+        Err(e) => {
+            error!(peer = %identity, error = %e, "handler produced an unsendable response");
+            match encode_frame(&error_response(
+                pb::ErrorCode::TooLarge,
+                format!("the response could not be sent: {e}"),
+            )) {
+                Ok(frame) => frame,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(e) = write_bytes(&mut send, frame).await {
+        debug!(peer = %identity, error = %e, "could not write a response");
+        return;
+    }
+    let _ = send.finish();
+}
+
+/// The answer `serve` gives itself, without bothering the handler, to a request this build
+/// cannot handle.
+fn refuse(request: &pb::Request) -> Option<pb::Response> {
+    let version = request.protocol_version;
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+        return Some(error_response(
+            pb::ErrorCode::UnsupportedVersion,
+            format!(
+                "request has protocol version {version}; this server speaks versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
+            ),
+        ));
+    }
+    if request.body.is_none() {
+        // Also what a request type added by a newer version decodes to here.
+        return Some(error_response(
+            pb::ErrorCode::BadRequest,
+            "request has no body this server version understands (a newer request type?)",
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_unknown_versions_and_empty_bodies() {
+        let ok = request(pb::request::Body::Status(pb::StatusRequest {}));
+        assert!(refuse(&ok).is_none());
+        let code_of = |r: Option<pb::Response>| match r.and_then(|r| r.body) {
+            Some(pb::response::Body::Error(e)) => e.code(),
+            other => panic!("expected an error response, got {other:?}"),
+        };
+        for version in [0, PROTOCOL_VERSION + 1] {
+            let mut req = ok.clone();
+            req.protocol_version = version;
+            assert_eq!(code_of(refuse(&req)), pb::ErrorCode::UnsupportedVersion);
+        }
+        let mut empty = ok;
+        empty.body = None;
+        assert_eq!(code_of(refuse(&empty)), pb::ErrorCode::BadRequest);
+    }
+}
