@@ -260,7 +260,7 @@ fn caught_up(c: &RegionConsumer) -> bool {
     c.node_states()
         .values()
         .flatten()
-        .all(|n| !n.reachable || n.next_offset >= n.durable_head)
+        .all(|n| !n.reachable || n.durable_head.is_some_and(|h| n.next_offset >= h))
 }
 
 #[derive(Serialize)]

@@ -232,6 +232,14 @@ impl GroupDriver {
                 ConsumerEvent::NodeDown { node: n, reason } => {
                     tracing::warn!(group = %self.group, node = node(n), %reason, "queue node unreachable; reading the others");
                 }
+                ConsumerEvent::HeadRegressed {
+                    node: n,
+                    read_offset,
+                    durable_head,
+                } => {
+                    metrics::counter!("homeport_consumer_head_regressed_total").increment(1);
+                    tracing::error!(group = %self.group, node = node(n), read_offset, durable_head, "node lost acked entries under the same incarnation (fsync=never?); re-reading it from its head");
+                }
                 ConsumerEvent::NodeUp { node: n } => {
                     tracing::info!(group = %self.group, node = node(n), "queue node reachable again");
                 }

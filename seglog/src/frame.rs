@@ -33,7 +33,9 @@ pub enum FrameError {
         needed_bytes: u64,
         available_bytes: usize,
     },
-    #[error("bad frame magic {found:#010x}, expected {FRAME_MAGIC:#010x} (not the start of a frame)")]
+    #[error(
+        "bad frame magic {found:#010x}, expected {FRAME_MAGIC:#010x} (not the start of a frame)"
+    )]
     BadMagic { found: u32 },
     #[error(
         "crc32c mismatch: stored {stored:#010x}, computed {computed:#010x} (the offset or payload bytes changed on disk)"
@@ -173,7 +175,10 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = buf.clone();
                 bad[i] ^= 1 << bit;
-                assert!(decode_frame(&bad).is_err(), "flip of bit {bit} in byte {i} not detected");
+                assert!(
+                    decode_frame(&bad).is_err(),
+                    "flip of bit {bit} in byte {i} not detected"
+                );
             }
         }
         for cut in 0..buf.len() {

@@ -44,7 +44,10 @@ impl SegmentIndex {
             Some(next) => u64::from(*next),
             None => self.durable_len_bytes,
         };
-        debug_assert!(end >= pos + FRAME_HEADER_SIZE_BYTES as u64, "index holds a frame shorter than its header");
+        debug_assert!(
+            end >= pos + FRAME_HEADER_SIZE_BYTES as u64,
+            "index holds a frame shorter than its header"
+        );
         (pos, end - pos)
     }
 }
@@ -58,13 +61,20 @@ pub(crate) struct Index {
 
 impl Index {
     pub fn start_offset(&self) -> u64 {
-        self.segments.first().map_or(self.durable_head, |s| s.base_offset)
+        self.segments
+            .first()
+            .map_or(self.durable_head, |s| s.base_offset)
     }
 
     pub fn check_invariants(&self) {
-        debug_assert!(!self.segments.is_empty(), "the index always has an active segment");
         debug_assert!(
-            self.segments.windows(2).all(|w| w[0].end_offset() == w[1].base_offset),
+            !self.segments.is_empty(),
+            "the index always has an active segment"
+        );
+        debug_assert!(
+            self.segments
+                .windows(2)
+                .all(|w| w[0].end_offset() == w[1].base_offset),
             "segments are contiguous"
         );
         debug_assert_eq!(
@@ -187,7 +197,12 @@ impl Shared {
         }
     }
 
-    pub fn read(&self, from_offset: u64, max_bytes: usize, max_entries: usize) -> Result<ReadOutcome, LogError> {
+    pub fn read(
+        &self,
+        from_offset: u64,
+        max_bytes: usize,
+        max_entries: usize,
+    ) -> Result<ReadOutcome, LogError> {
         let corruption = self.corruption();
         if let Some(c) = corruption.as_ref().filter(|c| from_offset >= c.offset) {
             return Err(c.to_error());
@@ -209,8 +224,14 @@ impl Shared {
                 });
             }
             // Never hand out what follows a known corruption, even if it is durable.
-            let limit = corruption.as_ref().map_or(durable_head, |c| c.offset.min(durable_head));
-            (plan_read(&index, from_offset, limit, max_bytes, max_entries), start_offset, durable_head)
+            let limit = corruption
+                .as_ref()
+                .map_or(durable_head, |c| c.offset.min(durable_head));
+            (
+                plan_read(&index, from_offset, limit, max_bytes, max_entries),
+                start_offset,
+                durable_head,
+            )
         };
 
         let mut entries = Vec::with_capacity(plan.iter().map(|c| c.frames.len()).sum());
@@ -218,7 +239,10 @@ impl Shared {
             self.execute_chunk(chunk, &mut entries)?;
         }
         let next_offset = entries.last().map_or(from_offset, |(o, _)| o + 1);
-        debug_assert!(next_offset <= durable_head, "a read never passes the durable head");
+        debug_assert!(
+            next_offset <= durable_head,
+            "a read never passes the durable head"
+        );
         Ok(ReadOutcome {
             entries,
             next_offset,
@@ -227,7 +251,11 @@ impl Shared {
         })
     }
 
-    fn execute_chunk(&self, chunk: &ReadChunk, out: &mut Vec<(u64, Bytes)>) -> Result<(), LogError> {
+    fn execute_chunk(
+        &self,
+        chunk: &ReadChunk,
+        out: &mut Vec<(u64, Bytes)>,
+    ) -> Result<(), LogError> {
         let corrupt = |offset: u64, position: u64, reason: String| {
             let c = Corruption {
                 segment: chunk.path.to_path_buf(),
@@ -242,7 +270,11 @@ impl Shared {
             return Ok(());
         };
         let len = usize::try_from(chunk.end_position - first_pos).map_err(|_| {
-            corrupt(first_offset, first_pos, "read range does not fit in memory".to_owned())
+            corrupt(
+                first_offset,
+                first_pos,
+                "read range does not fit in memory".to_owned(),
+            )
         })?;
         let mut buf = vec![0u8; len];
         if let Err(e) = chunk.file.read_exact_at(&mut buf, first_pos) {
@@ -263,12 +295,16 @@ impl Shared {
         for &(offset, pos, size) in &chunk.frames {
             let rel = (pos - first_pos) as usize;
             let size = size as usize;
-            let frame = decode_frame(&buf[rel..rel + size]).map_err(|e| corrupt(offset, pos, e.to_string()))?;
+            let frame = decode_frame(&buf[rel..rel + size])
+                .map_err(|e| corrupt(offset, pos, e.to_string()))?;
             if frame.offset != offset {
                 return Err(corrupt(
                     offset,
                     pos,
-                    format!("frame carries offset {} where the index expects {offset}", frame.offset),
+                    format!(
+                        "frame carries offset {} where the index expects {offset}",
+                        frame.offset
+                    ),
                 ));
             }
             if frame.frame_size_bytes != size {
@@ -296,14 +332,23 @@ struct ReadChunk {
     end_position: u64,
 }
 
-fn plan_read(index: &Index, from_offset: u64, limit: u64, max_bytes: usize, max_entries: usize) -> Vec<ReadChunk> {
+fn plan_read(
+    index: &Index,
+    from_offset: u64,
+    limit: u64,
+    max_bytes: usize,
+    max_entries: usize,
+) -> Vec<ReadChunk> {
     let mut plan = Vec::new();
     let mut offset = from_offset;
     let mut entries = 0usize;
     let mut payload_bytes = 0u64;
     // The last segment whose base is <= from_offset holds it (empty segments share a base with
     // their successor and are skipped by the end_offset check below).
-    let mut seg_i = index.segments.partition_point(|s| s.base_offset <= from_offset).saturating_sub(1);
+    let mut seg_i = index
+        .segments
+        .partition_point(|s| s.base_offset <= from_offset)
+        .saturating_sub(1);
     let mut full = false;
     while !full && offset < limit && entries < max_entries && seg_i < index.segments.len() {
         let seg = &index.segments[seg_i];

@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::frame::{FRAME_HEADER_SIZE_BYTES, encode_frame};
 use crate::index::{SegmentIndex, Shared};
-use crate::{AppendOutcome, FsyncMode, LogError, TrimOutcome, metric_names, segment_path, sync_dir};
+use crate::{
+    AppendOutcome, FsyncMode, LogError, TrimOutcome, metric_names, segment_path, sync_dir,
+};
 
 pub(crate) enum Command {
     Append(AppendRequest),
@@ -55,6 +57,9 @@ pub(crate) struct Writer {
     pub next_offset: u64,
 }
 
+/// A segment file a group commit created (path, read/write handle).
+type CreatedSegment = (Arc<Path>, Arc<File>);
+
 /// The bytes one group commit writes into one segment.
 struct SegmentWrite {
     base_offset: u64,
@@ -89,7 +94,9 @@ impl Writer {
                     // Group commit: take whatever is already queued, without waiting for more.
                     while entries < self.max_group_entries {
                         match self.rx.try_recv() {
-                            Ok(Command::Append(a)) if entries + a.entries.len() <= self.max_group_entries => {
+                            Ok(Command::Append(a))
+                                if entries + a.entries.len() <= self.max_group_entries =>
+                            {
                                 entries += a.entries.len();
                                 batch.push(a);
                             }
@@ -110,14 +117,20 @@ impl Writer {
     fn commit(&mut self, batch: Vec<AppendRequest>) {
         if let Some(reason) = self.shared.failed_reason() {
             for req in batch {
-                let _ = req.reply.send(Err(LogError::Failed { reason: reason.clone() }));
+                let _ = req.reply.send(Err(LogError::Failed {
+                    reason: reason.clone(),
+                }));
             }
             return;
         }
         let first_offset = self.next_offset;
         let (writes, firsts) = self.encode(&batch);
         let entry_count: usize = batch.iter().map(|r| r.entries.len()).sum();
-        let payload_bytes: usize = batch.iter().flat_map(|r| r.entries.iter()).map(|e| e.len()).sum();
+        let payload_bytes: usize = batch
+            .iter()
+            .flat_map(|r| r.entries.iter())
+            .map(|e| e.len())
+            .sum();
         let next_offset = first_offset + entry_count as u64;
 
         let created = match self.persist(&writes) {
@@ -132,14 +145,18 @@ impl Writer {
                 tracing::error!(error = %e, "seglog write or fsync failed: the log refuses every further append; restart the node");
                 self.shared.mark_failed(reason.clone());
                 for req in batch {
-                    let _ = req.reply.send(Err(LogError::Failed { reason: reason.clone() }));
+                    let _ = req.reply.send(Err(LogError::Failed {
+                        reason: reason.clone(),
+                    }));
                 }
                 return;
             }
         };
 
         self.publish(writes, created, next_offset);
-        self.shared.group_commit_count.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .group_commit_count
+            .fetch_add(1, Ordering::Relaxed);
         metrics::counter!(metric_names::APPENDED_ENTRIES_TOTAL).increment(entry_count as u64);
         metrics::counter!(metric_names::APPENDED_BYTES_TOTAL).increment(payload_bytes as u64);
         metrics::histogram!(metric_names::GROUP_COMMIT_ENTRIES).record(entry_count as f64);
@@ -181,8 +198,8 @@ impl Writer {
                     writes.push(std::mem::replace(&mut cur, next));
                 }
                 let position = cur.start_len_bytes + cur.buf.len() as u64;
-                let position =
-                    u32::try_from(position).expect("frames start below segment_size_bytes, which is capped at u32::MAX");
+                let position = u32::try_from(position)
+                    .expect("frames start below segment_size_bytes, which is capped at u32::MAX");
                 cur.positions.push(position);
                 encode_frame(offset, entry, &mut cur.buf);
                 offset += 1;
@@ -194,7 +211,7 @@ impl Writer {
 
     /// Writes (one `write` per segment touched) and makes durable. Returns the segments it
     /// created, in order.
-    fn persist(&self, writes: &[SegmentWrite]) -> Result<Vec<(Arc<Path>, Arc<File>)>, LogError> {
+    fn persist(&self, writes: &[SegmentWrite]) -> Result<Vec<CreatedSegment>, LogError> {
         let mut created = Vec::new();
         for w in writes {
             let (path, file) = if w.new {
@@ -263,7 +280,12 @@ impl Writer {
     }
 
     /// Makes the durable frames visible to readers and wakes long-polls.
-    fn publish(&mut self, writes: Vec<SegmentWrite>, created: Vec<(Arc<Path>, Arc<File>)>, next_offset: u64) {
+    fn publish(
+        &mut self,
+        writes: Vec<SegmentWrite>,
+        created: Vec<CreatedSegment>,
+        next_offset: u64,
+    ) {
         let mut created = created.into_iter();
         let (segments, disk_bytes) = {
             let mut index = self.shared.write_index();
@@ -271,7 +293,9 @@ impl Writer {
                 let written = w.buf.len() as u64;
                 index.disk_bytes += written;
                 if w.new {
-                    let (path, file) = created.next().expect("persist created one file per new segment");
+                    let (path, file) = created
+                        .next()
+                        .expect("persist created one file per new segment");
                     self.active = ActiveSegment {
                         base_offset: w.base_offset,
                         path: path.clone(),
@@ -287,8 +311,14 @@ impl Writer {
                     });
                 } else {
                     self.active.len_bytes += written;
-                    let seg = index.segments.last_mut().expect("the index always has an active segment");
-                    assert_eq!(seg.base_offset, w.base_offset, "the writer appends to the last indexed segment");
+                    let seg = index
+                        .segments
+                        .last_mut()
+                        .expect("the index always has an active segment");
+                    assert_eq!(
+                        seg.base_offset, w.base_offset,
+                        "the writer appends to the last indexed segment"
+                    );
                     seg.positions.extend_from_slice(&w.positions);
                     seg.durable_len_bytes = self.active.len_bytes;
                 }
@@ -314,22 +344,21 @@ impl Writer {
             let mut count = 0;
             while count + 1 < index.segments.len() {
                 let seg = &index.segments[count];
-                let deletable = match rule {
-                    TrimRule::Below(offset) => index.segments[count + 1].base_offset <= offset,
-                    TrimRule::OlderThan(max_age) => {
-                        let modified = seg
-                            .file
-                            .metadata()
-                            .and_then(|m| m.modified())
-                            .map_err(|source| LogError::Io {
-                                op: "read modification time of segment",
-                                path: seg.path.to_path_buf(),
-                                source,
-                            })?;
-                        // A modification time in the future (clock step) is "not old".
-                        now.duration_since(modified).is_ok_and(|age| age > max_age)
-                    }
-                };
+                let deletable =
+                    match rule {
+                        TrimRule::Below(offset) => index.segments[count + 1].base_offset <= offset,
+                        TrimRule::OlderThan(max_age) => {
+                            let modified = seg.file.metadata().and_then(|m| m.modified()).map_err(
+                                |source| LogError::Io {
+                                    op: "read modification time of segment",
+                                    path: seg.path.to_path_buf(),
+                                    source,
+                                },
+                            )?;
+                            // A modification time in the future (clock step) is "not old".
+                            now.duration_since(modified).is_ok_and(|age| age > max_age)
+                        }
+                    };
                 if !deletable {
                     break;
                 }
@@ -348,7 +377,12 @@ impl Writer {
             let removed: Vec<SegmentIndex> = index.segments.drain(..count).collect();
             index.disk_bytes -= removed.iter().map(|s| s.durable_len_bytes).sum::<u64>();
             index.check_invariants();
-            (removed, index.start_offset(), index.segments.len(), index.disk_bytes)
+            (
+                removed,
+                index.start_offset(),
+                index.segments.len(),
+                index.disk_bytes,
+            )
         };
         metrics::gauge!(metric_names::SEGMENTS).set(segments as f64);
         metrics::gauge!(metric_names::DISK_BYTES).set(disk_bytes as f64);
@@ -370,7 +404,12 @@ impl Writer {
         if self.shared.fsync == FsyncMode::Always {
             sync_dir(&self.shared.dir)?;
         }
-        tracing::info!(deleted = removed.len(), start_offset, ?rule, "trimmed log segments");
+        tracing::info!(
+            deleted = removed.len(),
+            start_offset,
+            ?rule,
+            "trimmed log segments"
+        );
         Ok(TrimOutcome {
             start_offset,
             segments_deleted: removed.len() as u32,

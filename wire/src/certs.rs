@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -93,14 +93,21 @@ pub fn ensure_dev_ca(out_dir: &Path) -> Result<PathBuf, WireError> {
 
 /// Issues `<out_dir>/<name>.pem` and `<name>.key` for `identity`, signed by the CA already in
 /// `out_dir` (see [`ensure_dev_ca`]). Replaces an existing certificate of the same name.
-pub fn issue_dev_cert(out_dir: &Path, identity: &Identity, ips: &[IpAddr]) -> Result<(), WireError> {
+pub fn issue_dev_cert(
+    out_dir: &Path,
+    identity: &Identity,
+    ips: &[IpAddr],
+) -> Result<(), WireError> {
     let issuer = load_dev_ca(out_dir)?;
     issue_with(&issuer, out_dir, identity, ips).map(|_| ())
 }
 
 /// Creates `out_dir` and the CA if missing, then (re-)issues every certificate. Returns the paths
 /// written: `ca.pem` first, then `<name>.pem` and `<name>.key` for each spec in order.
-pub fn generate_dev_certs(out_dir: &Path, specs: &[DevCertSpec]) -> Result<Vec<PathBuf>, WireError> {
+pub fn generate_dev_certs(
+    out_dir: &Path,
+    specs: &[DevCertSpec],
+) -> Result<Vec<PathBuf>, WireError> {
     let mut names = HashSet::new();
     for spec in specs {
         if !names.insert(spec.identity.name.as_str()) {
@@ -147,7 +154,9 @@ fn issue_with(
     let (not_before, not_after) = validity();
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, dns.clone());
+    params
+        .distinguished_name
+        .push(DnType::CommonName, dns.clone());
     let dns_san = dns
         .clone()
         .try_into()

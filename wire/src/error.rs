@@ -89,7 +89,9 @@ pub enum WireError {
     #[error("malformed frame: {detail}")]
     Frame { detail: String },
 
-    #[error("cannot decode {what}: {source}: the peer sent bytes that are not a homeport/1 message")]
+    #[error(
+        "cannot decode {what}: {source}: the peer sent bytes that are not a homeport/1 message"
+    )]
     Decode {
         what: &'static str,
         #[source]

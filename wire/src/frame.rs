@@ -68,10 +68,7 @@ pub fn decode_frame<M: prost::Message + Default>(
     let len = decode_frame_len(*prefix, max_frame_bytes)?;
     if body.len() != len {
         return Err(WireError::Frame {
-            detail: format!(
-                "prefix announces {len} bytes but {} follow",
-                body.len()
-            ),
+            detail: format!("prefix announces {len} bytes but {} follow", body.len()),
         });
     }
     decode_body(Bytes::copy_from_slice(body))
@@ -112,7 +109,10 @@ mod tests {
         assert_eq!(decode_frame_len([0, 0, 4, 0], 1024).unwrap(), 1024);
         assert!(matches!(
             decode_frame_len([0, 0, 4, 1], 1024),
-            Err(WireError::FrameTooLarge { len: 1025, max: 1024 })
+            Err(WireError::FrameTooLarge {
+                len: 1025,
+                max: 1024
+            })
         ));
         assert!(matches!(
             decode_frame_len([0xff; 4], MAX_FRAME_BYTES),

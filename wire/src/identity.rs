@@ -143,7 +143,8 @@ impl Identity {
     /// Ensures `name` and `region` are lowercase DNS labels, so the identity round-trips exactly
     /// through a certificate (WebPKI compares names case-insensitively; we keep one spelling).
     pub fn validate(&self) -> Result<(), WireError> {
-        check_label("name", &self.name).and_then(|()| check_label("region", &self.region))
+        check_label("name", &self.name)
+            .and_then(|()| check_label("region", &self.region))
             .map_err(|reason| WireError::BadIdentity {
                 value: self.dns_name(),
                 reason,

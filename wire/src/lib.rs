@@ -29,7 +29,9 @@ pub use certs::{
     CA_CERT_FILE, CA_KEY_FILE, DevCertSpec, ensure_dev_ca, generate_dev_certs, issue_dev_cert,
 };
 pub use error::WireError;
-pub use frame::{FRAME_PREFIX_BYTES, MAX_FRAME_BYTES, decode_frame, decode_frame_len, encode_frame};
+pub use frame::{
+    FRAME_PREFIX_BYTES, MAX_FRAME_BYTES, decode_frame, decode_frame_len, encode_frame,
+};
 pub use identity::{IDENTITY_DNS_SUFFIX, Identity, Role};
 pub use rpc::{
     MIN_PROTOCOL_VERSION, call, error_response, read_frame, request, serve, write_frame,

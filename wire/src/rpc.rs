@@ -200,11 +200,7 @@ where
                 None => break,
             },
             Some(joined) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(e) = joined {
-                    if e.is_panic() {
-                        error!(error = %e, "a connection task panicked");
-                    }
-                }
+                log_panic(joined, None);
             }
         }
     }
@@ -228,7 +224,10 @@ where
         Ok(identity) => Arc::new(identity),
         Err(e) => {
             warn!(%remote, error = %e, "peer certificate names no identity; connection closed");
-            conn.close(CLOSE_WRONG_IDENTITY, b"certificate names no homeport identity");
+            conn.close(
+                CLOSE_WRONG_IDENTITY,
+                b"certificate names no homeport identity",
+            );
             return;
         }
     };
@@ -251,19 +250,22 @@ where
                     break;
                 }
             },
-            Some(joined) = streams.join_next(), if !streams.is_empty() => log_panic(joined, &identity),
+            Some(joined) = streams.join_next(), if !streams.is_empty() => log_panic(joined, Some(&identity)),
         }
     }
     while let Some(joined) = streams.join_next().await {
-        log_panic(joined, &identity);
+        log_panic(joined, Some(&identity));
     }
 }
 
-fn log_panic(joined: Result<(), tokio::task::JoinError>, identity: &Identity) {
-    if let Err(e) = joined {
-        if e.is_panic() {
-            error!(peer = %identity, error = %e, "a request handler panicked");
+/// Panics are bugs worth an error log; other join errors are cancellations we asked for.
+fn log_panic(joined: Result<(), tokio::task::JoinError>, peer: Option<&Identity>) {
+    match (joined, peer) {
+        (Err(e), Some(peer)) if e.is_panic() => {
+            error!(%peer, error = %e, "a request handler panicked")
         }
+        (Err(e), None) if e.is_panic() => error!(error = %e, "a connection task panicked"),
+        _ => {}
     }
 }
 
@@ -287,7 +289,9 @@ async fn serve_stream<H, F>(
             let _ = recv.stop(quinn::VarInt::from_u32(0));
             error_response(pb::ErrorCode::TooLarge, e.to_string())
         }
-        Err(e @ WireError::Decode { .. }) => error_response(pb::ErrorCode::BadRequest, e.to_string()),
+        Err(e @ WireError::Decode { .. }) => {
+            error_response(pb::ErrorCode::BadRequest, e.to_string())
+        }
         Err(e) => {
             debug!(peer = %identity, error = %e, "request stream failed before a request arrived");
             return;

@@ -74,12 +74,10 @@ pub fn server_endpoint(
     let material = Material::load(tls)?;
     let transport = transport_config(limits)?;
 
-    let verifier = WebPkiClientVerifier::builder_with_provider(
-        Arc::new(material.roots.clone()),
-        provider(),
-    )
-    .build()
-    .map_err(|e| tls_config(format!("client verifier: {e}")))?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(material.roots.clone()), provider())
+            .build()
+            .map_err(|e| tls_config(format!("client verifier: {e}")))?;
     let mut server_tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_config(e.to_string()))?
@@ -278,7 +276,12 @@ fn transport_config(limits: &EndpointLimits) -> Result<Arc<quinn::TransportConfi
     }
     let idle = quinn::VarInt::from_u64(limits.idle_timeout_ms)
         .map(quinn::IdleTimeout::from)
-        .map_err(|_| bad(format!("idle_timeout_ms {} is too large", limits.idle_timeout_ms)))?;
+        .map_err(|_| {
+            bad(format!(
+                "idle_timeout_ms {} is too large",
+                limits.idle_timeout_ms
+            ))
+        })?;
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(limits.max_concurrent_bidi_streams))
@@ -309,7 +312,9 @@ fn load_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
 
 fn pem_error(what: &'static str, path: &Path, e: rustls_pki_types::pem::Error) -> WireError {
     match e {
-        rustls_pki_types::pem::Error::Io(source) if source.kind() == std::io::ErrorKind::NotFound => {
+        rustls_pki_types::pem::Error::Io(source)
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
             WireError::TlsFileMissing {
                 what,
                 path: path.to_path_buf(),

@@ -48,7 +48,8 @@ impl DedupWindow {
         true
     }
 
-    pub(crate) fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.order.len()
     }
 }

@@ -77,7 +77,9 @@ pub enum NodeOutcome {
         first_offset: u64,
         incarnation: [u8; NODE_INCARNATION_BYTES],
     },
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,7 +205,9 @@ struct Attempt {
 enum BatchState {
     Attempting(AttemptId),
     /// Every group was tried and none is healthy: wait for a probe to find one, or `retry_at`.
-    Waiting { retry_at: Instant },
+    Waiting {
+        retry_at: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -506,7 +510,8 @@ impl Producer {
                         continue;
                     };
                     debug_assert!(matches!(b.state, BatchState::Waiting { .. }));
-                    let (group, _) = self.pick_group(&b.tries);
+                    let tries = b.tries.clone();
+                    let (group, _) = self.pick_group(&tries);
                     self.start_attempt(now, batch, group);
                 }
                 Timer::Probe(group) => {
@@ -851,7 +856,10 @@ mod tests {
         assert_eq!(p.poll_event(), None, "a 3rd ack does not commit again");
         assert_eq!(p.in_flight(), 0);
         assert_eq!(p.groups()[0].in_flight, 0);
-        assert!(p.attempts.is_empty(), "a fully answered attempt is forgotten");
+        assert!(
+            p.attempts.is_empty(),
+            "a fully answered attempt is forgotten"
+        );
     }
 
     #[test]
