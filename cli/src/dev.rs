@@ -80,7 +80,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
     wait_for_nodes(&d, &endpoint, &mut children, &logs).await?;
 
     let cfg = config_path.display();
-    println!("homeport dev: {} queue nodes up in regions {}", children.len(), d.region_names().join(", "));
+    println!(
+        "homeport dev: {} queue nodes up in regions {}",
+        children.len(),
+        d.region_names().join(", ")
+    );
     println!("  config: {cfg}    logs: {}", logs.display());
     println!("  try:    homeport queue status --config {cfg} --region sh");
     println!("          homeport queue append --config {cfg} --region hk --count 10");
@@ -224,7 +228,8 @@ fn start_traffic(d: &Deployment) -> Result<Traffic> {
     let interval = Duration::from_millis(d.queue.heartbeat_interval_ms);
     for r in &d.regions {
         let endpoint = client::client_endpoint(d, &homeport_config::region_identity(&r.name))?;
-        let producer = Producer::for_region(d, &r.name, &endpoint).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let producer =
+            Producer::for_region(d, &r.name, &endpoint).map_err(|e| anyhow::anyhow!("{e}"))?;
         let produced = produced.clone();
         let name = r.name.clone();
         produced.lock().expect("lock").insert(name.clone(), (0, 0));
@@ -234,7 +239,10 @@ fn start_traffic(d: &Deployment) -> Result<Traffic> {
             let mut n = 0u64;
             loop {
                 tick.tick().await;
-                let e = producer.new_entry(pb::EntryKind::Test, Bytes::from(format!("hello from {name} #{n}")));
+                let e = producer.new_entry(
+                    pb::EntryKind::Test,
+                    Bytes::from(format!("hello from {name} #{n}")),
+                );
                 n += 1;
                 let ok = producer.append(&[e]).await.is_ok();
                 let mut p = produced.lock().expect("lock");
@@ -243,8 +251,15 @@ fn start_traffic(d: &Deployment) -> Result<Traffic> {
             }
         });
         for dst in d.regions.iter().filter(|x| x.name != r.name) {
-            let endpoint = client::client_endpoint(d, &homeport_config::region_identity(&dst.name))?;
-            let mut consumer = RegionConsumer::start(d, &r.name, &endpoint, HashMap::new(), ConsumerOptions::from_settings(&d.queue));
+            let endpoint =
+                client::client_endpoint(d, &homeport_config::region_identity(&dst.name))?;
+            let mut consumer = RegionConsumer::start(
+                d,
+                &r.name,
+                &endpoint,
+                HashMap::new(),
+                ConsumerOptions::from_settings(&d.queue),
+            );
             let key = (r.name.clone(), dst.name.clone());
             let pairs = pairs.clone();
             tokio::spawn(async move {

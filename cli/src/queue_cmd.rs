@@ -143,8 +143,8 @@ async fn append(
             d.queue.max_entry_bytes
         );
     }
-    let producer = Producer::for_region(&d, &target.region, &endpoint)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let producer =
+        Producer::for_region(&d, &target.region, &endpoint).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut done = 0u32;
     while done < count {
         let n = batch.min(count - done);
@@ -163,7 +163,11 @@ async fn append(
             .append(&entries)
             .await
             .with_context(|| format!("appending entries {done}..{}", done + n))?;
-        let acks: Vec<String> = c.acks.iter().map(|(node, off)| format!("{node}@{off}")).collect();
+        let acks: Vec<String> = c
+            .acks
+            .iter()
+            .map(|(node, off)| format!("{node}@{off}"))
+            .collect();
         println!(
             "committed {n} entr{} from {} in group {} (acked by {})",
             if n == 1 { "y" } else { "ies" },
@@ -215,10 +219,18 @@ async fn tail(target: Target, follow: bool, limit: Option<u64>, json: bool) -> R
         };
         let Some(batch) = batch else { break };
         for e in &batch.entries {
-            let id = e.entry.id.as_ref().map(entry::display_id).unwrap_or_default();
+            let id = e
+                .entry
+                .id
+                .as_ref()
+                .map(entry::display_id)
+                .unwrap_or_default();
             let kind = e.entry.kind().as_str_name();
             let age_ms = entry::now_unix_ms() as i64 - e.entry.origin_unix_ms as i64;
-            let preview: String = String::from_utf8_lossy(&e.entry.payload).chars().take(60).collect();
+            let preview: String = String::from_utf8_lossy(&e.entry.payload)
+                .chars()
+                .take(60)
+                .collect();
             if json {
                 let line = TailLine {
                     group: &batch.group,
@@ -310,7 +322,13 @@ async fn status(target: Target, json: bool) -> Result<()> {
             };
             match answer {
                 Ok(s) => {
-                    line.incarnation = Some(s.incarnation.iter().take(4).map(|b| format!("{b:02x}")).collect());
+                    line.incarnation = Some(
+                        s.incarnation
+                            .iter()
+                            .take(4)
+                            .map(|b| format!("{b:02x}"))
+                            .collect(),
+                    );
                     line.start_offset = Some(s.start_offset);
                     line.durable_head = Some(s.durable_head);
                     line.segments = Some(s.segment_count);
@@ -328,7 +346,16 @@ async fn status(target: Target, json: bool) -> Result<()> {
     } else {
         println!(
             "{:<6} {:<12} {:<6} {:<18} {:<5} {:<9} {:>10} {:>12} {:>5} {:>12}  note",
-            "group", "node", "campus", "addr", "state", "incarn", "start", "head", "segs", "disk_bytes"
+            "group",
+            "node",
+            "campus",
+            "addr",
+            "state",
+            "incarn",
+            "start",
+            "head",
+            "segs",
+            "disk_bytes"
         );
         for l in &lines {
             let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
@@ -348,7 +375,9 @@ async fn status(target: Target, json: bool) -> Result<()> {
                 l.incarnation.as_deref().unwrap_or("-"),
                 opt(l.start_offset),
                 opt(l.durable_head),
-                l.segments.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                l.segments
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 opt(l.disk_bytes),
             );
         }

@@ -76,8 +76,10 @@ fn free_ports(ip: IpAddr, n: usize) -> Result<Vec<(u16, u16)>> {
     let mut held_tcp = Vec::new();
     let mut out = Vec::new();
     for _ in 0..n {
-        let u = UdpSocket::bind(SocketAddr::new(ip, 0)).with_context(|| format!("binding UDP on {ip}"))?;
-        let t = TcpListener::bind(SocketAddr::new(ip, 0)).with_context(|| format!("binding TCP on {ip}"))?;
+        let u = UdpSocket::bind(SocketAddr::new(ip, 0))
+            .with_context(|| format!("binding UDP on {ip}"))?;
+        let t = TcpListener::bind(SocketAddr::new(ip, 0))
+            .with_context(|| format!("binding TCP on {ip}"))?;
         out.push((u.local_addr()?.port(), t.local_addr()?.port()));
         held_udp.push(u);
         held_tcp.push(t);
@@ -90,7 +92,9 @@ impl Cluster {
     pub fn new(bin: &Path, spec: &ClusterSpec) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("homeport-it-").tempdir()?;
         let (x, y) = random_subnet();
-        let campus_ips: Vec<IpAddr> = (1..=3).map(|c| IpAddr::V4(Ipv4Addr::new(127, x, y, c))).collect();
+        let campus_ips: Vec<IpAddr> = (1..=3)
+            .map(|c| IpAddr::V4(Ipv4Addr::new(127, x, y, c)))
+            .collect();
         let nodes_per_campus = spec.regions.len() * spec.groups_per_region;
         let mut ports: Vec<Vec<(u16, u16)>> = Vec::new();
         for ip in &campus_ips {
@@ -98,7 +102,10 @@ impl Cluster {
         }
         let mut toml = String::new();
         writeln!(toml, "[deployment]\nname = \"it\"\ndata_root = \"data\"\n")?;
-        writeln!(toml, "[tls]\nca_cert = \"certs/ca.pem\"\ncert_dir = \"certs\"\n")?;
+        writeln!(
+            toml,
+            "[tls]\nca_cert = \"certs/ca.pem\"\ncert_dir = \"certs\"\n"
+        )?;
         writeln!(toml, "[queue]")?;
         for s in &spec.queue_settings {
             writeln!(toml, "{s}")?;
@@ -107,7 +114,10 @@ impl Cluster {
         for r in &spec.regions {
             writeln!(toml, "\n[[regions]]\nname = \"{r}\"")?;
             for g in 1..=spec.groups_per_region {
-                writeln!(toml, "\n[[regions.queue_groups]]\nname = \"g{g}\"\nnodes = [")?;
+                writeln!(
+                    toml,
+                    "\n[[regions.queue_groups]]\nname = \"g{g}\"\nnodes = ["
+                )?;
                 for (c, campus) in ["a", "b", "c"].iter().enumerate() {
                     let (qp, ap) = ports[c][slot];
                     let ip = campus_ips[c];
@@ -122,7 +132,8 @@ impl Cluster {
         }
         let config_path = dir.path().join("homeport.toml");
         std::fs::write(&config_path, &toml)?;
-        let deployment = homeport_config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}\n{toml}"))?;
+        let deployment =
+            homeport_config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}\n{toml}"))?;
         homeport::write_certs(&deployment, &deployment.tls.cert_dir)?;
         std::fs::create_dir_all(dir.path().join("logs"))?;
         Ok(Self {
@@ -216,7 +227,12 @@ impl Cluster {
             .deployment
             .node(node)
             .with_context(|| format!("no node {node}"))?;
-        Ok(NodeClient::new(endpoint.clone(), &n.region.name, node, n.node.addr))
+        Ok(NodeClient::new(
+            endpoint.clone(),
+            &n.region.name,
+            node,
+            n.node.addr,
+        ))
     }
 
     /// Waits until every listed node answers a status request.
@@ -224,7 +240,10 @@ impl Cluster {
         for id in nodes {
             let c = self.node_client(endpoint, id)?;
             let what = format!("node {id} to answer");
-            let r = wait_until(&what, NODE_START_TIMEOUT_MS, || async { c.status(1_000).await.is_ok() }).await;
+            let r = wait_until(&what, NODE_START_TIMEOUT_MS, || async {
+                c.status(1_000).await.is_ok()
+            })
+            .await;
             if let Err(e) = r {
                 bail!("{e}\n--- log of {id} ---\n{}", self.node_log(id));
             }

@@ -76,6 +76,8 @@ async fn segment_damaged_while_stopped_is_detected_at_restart() -> anyhow::Resul
     flip_middle(&segs[0], FLIP_BYTES)?;
     let log_len = cluster.node_log(&victim).len();
     restart(&cluster, &endpoint, &victim).await?;
+    // A new client: the old one's connection went to the killed process.
+    let client = cluster.node_client(&endpoint, &victim)?;
 
     let recovery_log = cluster.node_log(&victim)[log_len..].to_owned();
     let st = client.status(RPC_TIMEOUT_MS).await?;

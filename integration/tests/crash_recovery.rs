@@ -136,6 +136,8 @@ async fn node_killed_in_write_storm_recovers_and_nothing_is_lost() -> anyhow::Re
     let ledger = storm.finish().await?;
 
     let recovery_log = cluster.node_log(&victim)[log_before_restart..].to_owned();
+    // A new client: the old one's connection went to the killed process.
+    let victim_client = cluster.node_client(&endpoint, &victim)?;
     assert!(
         recovery_log.contains("log recovered"),
         "the restarted node does not say how it recovered:\n{recovery_log}"
@@ -178,8 +180,14 @@ async fn two_nodes_killed_in_turn_nothing_is_lost() -> anyhow::Result<()> {
         let client = cluster.node_client(&endpoint, victim)?;
         let before = incarnation(&client).await?;
         cluster.kill_node(victim)?;
+        let t = std::time::Instant::now();
         storm.wait_more(250, &cluster).await?;
+        eprintln!(
+            "TIMING after killing {victim}: 250 commits in {:?}",
+            t.elapsed()
+        );
         restart(&cluster, &endpoint, victim).await?;
+        let client = cluster.node_client(&endpoint, victim)?;
         assert_eq!(
             incarnation(&client).await?,
             before,

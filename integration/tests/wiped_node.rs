@@ -52,6 +52,8 @@ async fn wiped_node_gets_new_incarnation_and_consumers_miss_nothing() -> anyhow:
     let dir = cluster.data_dir(&a);
     std::fs::remove_dir_all(&dir)?;
     restart(&cluster, &endpoint, &a).await?;
+    // A new client: the old one's connection went to the killed process.
+    let a_client = cluster.node_client(&endpoint, &a)?;
     let st = a_client.status(RPC_TIMEOUT_MS).await?;
     assert_ne!(
         st.incarnation, old_incarnation,

@@ -132,7 +132,11 @@ impl NodeClient {
     }
 
     /// One request, one response. A broken connection is dropped so the next call reconnects.
-    pub async fn call(&self, body: pb::request::Body, timeout_ms: u64) -> Result<pb::Response, ClientError> {
+    pub async fn call(
+        &self,
+        body: pb::request::Body,
+        timeout_ms: u64,
+    ) -> Result<pb::Response, ClientError> {
         let conn = self.connection().await?;
         let req = pb::Request {
             protocol_version: wire::PROTOCOL_VERSION,
@@ -147,16 +151,24 @@ impl NodeClient {
                 }),
                 _ => Ok(resp),
             },
-            Err(wire::WireError::Timeout { .. }) => Err(ClientError::Timeout {
-                node: self.id.clone(),
-                timeout_ms,
-            }),
             Err(e) => {
+                // Drop the connection on a timeout too: a peer that was killed and restarted
+                // leaves a connection that only times out, and the next call should dial anew.
                 let mut st = self.state.lock().await;
-                if st.conn.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
+                if st
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.stable_id() == conn.stable_id())
+                {
                     st.conn = None;
                 }
-                Err(self.unreachable(e.to_string()))
+                match e {
+                    wire::WireError::Timeout { .. } => Err(ClientError::Timeout {
+                        node: self.id.clone(),
+                        timeout_ms,
+                    }),
+                    e => Err(self.unreachable(e.to_string())),
+                }
             }
         }
     }
@@ -180,7 +192,11 @@ impl NodeClient {
         req: pb::ReadRequest,
         timeout_ms: u64,
     ) -> Result<pb::ReadResponse, ClientError> {
-        match self.call(pb::request::Body::Read(req), timeout_ms).await?.body {
+        match self
+            .call(pb::request::Body::Read(req), timeout_ms)
+            .await?
+            .body
+        {
             Some(pb::response::Body::Read(r)) => Ok(r),
             other => Err(self.unexpected("read", &other)),
         }

@@ -222,7 +222,8 @@ impl GroupDriver {
                     tracing::warn!(group = %self.group, node = node(n), "node has a new incarnation (its log was lost or cut); reading it from its start");
                 }
                 ConsumerEvent::SkippedTrimmed { node: n, from, to } => {
-                    metrics::counter!("homeport_consumer_skipped_trimmed_total").increment(to - from);
+                    metrics::counter!("homeport_consumer_skipped_trimmed_total")
+                        .increment(to - from);
                     tracing::error!(group = %self.group, node = node(n), from, to, "entries were deleted by retention before this consumer read them");
                 }
                 ConsumerEvent::Undecodable { node: n, offset } => {
@@ -319,7 +320,11 @@ pub fn cursor_from_pb(c: &pb::ConsumerCursor) -> Cursor {
                 NodeCursor {
                     node_id: n.node_id.clone(),
                     incarnation,
-                    next_offset: if incarnation.is_some() { n.next_offset } else { 0 },
+                    next_offset: if incarnation.is_some() {
+                        n.next_offset
+                    } else {
+                        0
+                    },
                 }
             })
             .collect(),

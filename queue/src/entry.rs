@@ -147,7 +147,10 @@ mod tests {
 
     #[test]
     fn garbage_and_incomplete_entries_are_refused() {
-        assert!(matches!(decode(&[0xff, 0xff, 0xff]), Err(EntryError::Decode(_))));
+        assert!(matches!(
+            decode(&[0xff, 0xff, 0xff]),
+            Err(EntryError::Decode(_))
+        ));
         let no_id = pb::Entry::default();
         assert_eq!(decode(&encode(&no_id)), Err(EntryError::MissingId));
         let bad_inc = pb::Entry {
@@ -158,7 +161,10 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(decode(&encode(&bad_inc)), Err(EntryError::BadIncarnation(5)));
+        assert_eq!(
+            decode(&encode(&bad_inc)),
+            Err(EntryError::BadIncarnation(5))
+        );
         assert!(id_key(b"\x08").is_none());
     }
 }

@@ -118,11 +118,8 @@ pub async fn start(deployment: &Deployment, node_id: &str) -> Result<RunningNode
         })?;
     tracing::info!(node = node_id, ?report, "log recovered");
 
-    let tls = wire::TlsFiles::for_identity(
-        &deployment.tls.ca_cert,
-        &deployment.tls.cert_dir,
-        node_id,
-    );
+    let tls =
+        wire::TlsFiles::for_identity(&deployment.tls.ca_cert, &deployment.tls.cert_dir, node_id);
     let wire_err = |source| NodeError::Wire {
         node: node_id.to_owned(),
         source,
@@ -135,7 +132,11 @@ pub async fn start(deployment: &Deployment, node_id: &str) -> Result<RunningNode
         let st = health_log.status();
         let body = format!(
             "start_offset={} durable_head={} segments={} disk_bytes={} corruption_detected={}\n",
-            st.start_offset, st.durable_head, st.segment_count, st.disk_bytes, st.corruption_detected
+            st.start_offset,
+            st.durable_head,
+            st.segment_count,
+            st.disk_bytes,
+            st.corruption_detected
         );
         if st.corruption_detected {
             Err(body)
@@ -176,7 +177,11 @@ pub async fn start(deployment: &Deployment, node_id: &str) -> Result<RunningNode
             tick.tick().await;
             match retention_log.trim_older_than(max_age).await {
                 Ok(t) if t.segments_deleted > 0 => {
-                    tracing::info!(deleted = t.segments_deleted, start_offset = t.start_offset, "retention removed old segments")
+                    tracing::info!(
+                        deleted = t.segments_deleted,
+                        start_offset = t.start_offset,
+                        "retention removed old segments"
+                    )
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
@@ -306,8 +311,16 @@ async fn append(st: &NodeState, entries: Vec<Bytes>) -> pb::Response {
 }
 
 async fn read(st: &NodeState, r: pb::ReadRequest) -> pb::Response {
-    let max_bytes = if r.max_bytes == 0 { st.read_max_bytes } else { r.max_bytes.min(st.read_max_bytes) };
-    let max_entries = if r.max_entries == 0 { MAX_READ_ENTRIES } else { r.max_entries.min(MAX_READ_ENTRIES) };
+    let max_bytes = if r.max_bytes == 0 {
+        st.read_max_bytes
+    } else {
+        r.max_bytes.min(st.read_max_bytes)
+    };
+    let max_entries = if r.max_entries == 0 {
+        MAX_READ_ENTRIES
+    } else {
+        r.max_entries.min(MAX_READ_ENTRIES)
+    };
     let wait_ms = r.wait_ms.min(MAX_READ_WAIT_MS);
     if wait_ms > 0 && st.log.status().durable_head <= r.from_offset {
         let mut head = st.log.subscribe();
@@ -320,6 +333,18 @@ async fn read(st: &NodeState, r: pb::ReadRequest) -> pb::Response {
         .await;
     }
     let status = st.log.status();
+    if r.from_offset > status.durable_head {
+        // The node's log is shorter than what this reader already saw under the same incarnation
+        // (only possible with fsync = "never" and a crash). Answer the head, with no entries, so the
+        // consumer notices the regression and re-reads from there instead of retrying forever.
+        return ok(pb::response::Body::Read(pb::ReadResponse {
+            incarnation: Bytes::copy_from_slice(&status.incarnation),
+            entries: Vec::new(),
+            start_offset: status.start_offset,
+            durable_head: status.durable_head,
+            next_offset: status.durable_head,
+        }));
+    }
     if r.from_offset < status.start_offset {
         // Retention deleted what was asked for: say where the log starts now, with no entries,
         // so the consumer can jump ahead (and report what it skipped) instead of failing forever.
@@ -331,7 +356,10 @@ async fn read(st: &NodeState, r: pb::ReadRequest) -> pb::Response {
             next_offset: status.start_offset,
         }));
     }
-    match st.log.read(r.from_offset, max_bytes as usize, max_entries as usize) {
+    match st
+        .log
+        .read(r.from_offset, max_bytes as usize, max_entries as usize)
+    {
         Ok(o) => ok(pb::response::Body::Read(pb::ReadResponse {
             incarnation: Bytes::copy_from_slice(&st.log.incarnation()),
             entries: o
@@ -372,6 +400,7 @@ fn log_error(st: &NodeState, e: LogError) -> pb::Response {
         }
         LogError::Trimmed { .. } => pb::ErrorCode::BadRequest,
         LogError::EntryTooLarge { .. } => pb::ErrorCode::TooLarge,
+        LogError::Busy { .. } => pb::ErrorCode::Overloaded,
         _ => {
             tracing::error!(node = %st.node_id, error = %e, "log error");
             pb::ErrorCode::Unavailable

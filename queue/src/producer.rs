@@ -109,7 +109,11 @@ impl Producer {
                     .collect()
             })
             .unwrap_or_default();
-        Self::start(region, groups, ProducerOptions::from_settings(&deployment.queue))
+        Self::start(
+            region,
+            groups,
+            ProducerOptions::from_settings(&deployment.queue),
+        )
     }
 
     pub fn start(

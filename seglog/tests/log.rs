@@ -668,3 +668,40 @@ async fn the_writer_stops_only_with_the_last_handle() {
     assert_eq!(report.head_offset, 3);
     assert_eq!(read_all(&log, 0), expected(0..3));
 }
+
+#[tokio::test]
+async fn a_full_queue_refuses_appends_at_once_and_writes_none_of_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _) = open(LogConfig {
+        max_pending_appends: 1,
+        ..config(tmp.path(), 1 << 20)
+    })
+    .unwrap();
+    // All of these try to enqueue within microseconds while the writer is busy with an
+    // fsync lasting far longer, so the one-slot queue must refuse some.
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            log.append(vec![entry(i)]).await.map(|o| (o, i))
+        }));
+    }
+    let mut acked = Vec::new();
+    let mut busy = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok((out, i)) => acked.push((out.first_offset, entry(i))),
+            Err(LogError::Busy {
+                max_pending_appends: 1,
+            }) => busy += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert!(busy > 0, "a one-slot queue accepted 200 appends at once");
+    acked.sort();
+    assert_eq!(
+        read_all(&log, 0),
+        acked,
+        "exactly the accepted appends were written"
+    );
+}

@@ -89,11 +89,30 @@ pub fn server_endpoint(
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server_config.transport_config(transport.clone());
 
+    let reset_key = stateless_reset_key(&material.key);
     let client_config = build_client_config(tls, material, transport)?;
-    let mut endpoint = quinn::Endpoint::server(server_config, bind)
-        .map_err(|source| WireError::Bind { addr: bind, source })?;
+    let socket =
+        std::net::UdpSocket::bind(bind).map_err(|source| WireError::Bind { addr: bind, source })?;
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::new(Arc::new(reset_key)),
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| WireError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(client_config);
     Ok(endpoint)
+}
+
+/// The key behind QUIC stateless resets, derived from the process's private key so it survives a
+/// restart. A restarted server can then reset connections its previous run held: clients learn at
+/// once that the peer is gone, instead of waiting out the idle timeout on a dead connection (with
+/// quinn's default random key, a `kill -9` and restart left clients blind for `idle_timeout_ms`).
+fn stateless_reset_key(key: &PrivateKeyDer<'_>) -> ring::hmac::Key {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"homeport stateless reset v1");
+    ctx.update(key.secret_der());
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, ctx.finish().as_ref())
 }
 
 /// A client-only endpoint: presents this process's certificate and trusts only the CA. Must be

@@ -150,7 +150,7 @@ enum System {
 #[derive(Clone)]
 enum Appender {
     Homeport(Arc<Producer>),
-    Nats(async_nats::jetstream::Context),
+    Nats(Arc<async_nats::jetstream::Context>),
 }
 
 impl Appender {
@@ -694,7 +694,7 @@ async fn run(args: Args) -> Result<()> {
         eprintln!("== {c} in flight: warm-up {warmup:?} per system");
         drive(&h_appender, &payload, c, warmup).await?;
         if let Some((_, js)) = &nats {
-            drive(&Appender::Nats(js.clone()), &payload, c, warmup).await?;
+            drive(&Appender::Nats(Arc::new(js.clone())), &payload, c, warmup).await?;
         }
         for rep in 0..args.repeats {
             // Alternate who goes first, so drift of a noisy machine hurts both alike.
@@ -723,7 +723,8 @@ async fn run(args: Args) -> Result<()> {
                         }
                         let cpu0 = cpu_jiffies();
                         let mut r =
-                            drive(&Appender::Nats(js.clone()), &payload, c, duration).await?;
+                            drive(&Appender::Nats(Arc::new(js.clone())), &payload, c, duration)
+                                .await?;
                         r.cpu_busy_pct = busy_pct(cpu0, cpu_jiffies());
                         level.nats.push(r);
                         level.nats.last()
