@@ -13,6 +13,10 @@ use homeport_integration::{Cluster, wait_until};
 use homeport_queue::producer::Producer;
 use tokio::task::JoinSet;
 
+/// Commits between two faults: enough that every fault lands in the middle of many appends and the
+/// log spans dozens of segments.
+const COMMITS_PER_PHASE: usize = 1_500;
+
 /// Concurrent appenders that write single entries as fast as the queue takes them.
 struct Storm {
     stop: Arc<AtomicBool>,
@@ -126,13 +130,13 @@ async fn node_killed_in_write_storm_recovers_and_nothing_is_lost() -> anyhow::Re
     let producer = Arc::new(producer(&cluster, &endpoint)?);
 
     let storm = Storm::start(producer.clone(), 16);
-    storm.wait_more(400, &cluster).await?;
+    storm.wait_more(COMMITS_PER_PHASE, &cluster).await?;
     cluster.kill_node(&victim)?;
-    storm.wait_more(300, &cluster).await?;
+    storm.wait_more(COMMITS_PER_PHASE, &cluster).await?;
     tear_tail(&cluster, &victim)?;
     let log_before_restart = cluster.node_log(&victim).len();
     restart(&cluster, &endpoint, &victim).await?;
-    storm.wait_more(300, &cluster).await?;
+    storm.wait_more(COMMITS_PER_PHASE, &cluster).await?;
     let ledger = storm.finish().await?;
 
     let recovery_log = cluster.node_log(&victim)[log_before_restart..].to_owned();
@@ -174,14 +178,14 @@ async fn two_nodes_killed_in_turn_nothing_is_lost() -> anyhow::Result<()> {
     let g1 = group_nodes(&cluster, "g1");
     let producer = Arc::new(producer(&cluster, &endpoint)?);
 
-    let storm = Storm::start(producer.clone(), 8);
-    storm.wait_more(250, &cluster).await?;
+    let storm = Storm::start(producer.clone(), 16);
+    storm.wait_more(COMMITS_PER_PHASE, &cluster).await?;
     for victim in [&g1[0], &g1[2]] {
         let client = cluster.node_client(&endpoint, victim)?;
         let before = incarnation(&client).await?;
         cluster.kill_node(victim)?;
         let t = std::time::Instant::now();
-        storm.wait_more(250, &cluster).await?;
+        storm.wait_more(COMMITS_PER_PHASE, &cluster).await?;
         eprintln!(
             "TIMING after killing {victim}: 250 commits in {:?}",
             t.elapsed()
@@ -194,7 +198,7 @@ async fn two_nodes_killed_in_turn_nothing_is_lost() -> anyhow::Result<()> {
             "kill -9 damages no acked data, so {victim} must keep its incarnation{}",
             logs(&cluster)
         );
-        storm.wait_more(250, &cluster).await?;
+        storm.wait_more(COMMITS_PER_PHASE, &cluster).await?;
     }
     let ledger = storm.finish().await?;
 

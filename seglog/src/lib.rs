@@ -197,6 +197,10 @@ pub enum LogError {
     Failed { reason: String },
     #[error("invalid log configuration: {reason}")]
     InvalidConfig { reason: String },
+    #[error(
+        "log directory {dir} is in use by another process (its LOCK file is locked); is this node already running?"
+    )]
+    Locked { dir: PathBuf },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,6 +322,41 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
 /// call it from `spawn_blocking` in async code.
 ///
 /// Two processes must never open the same directory; nothing here prevents it.
+/// Name of the lock file that keeps a second process off a log directory.
+const LOCK_FILE: &str = "LOCK";
+
+/// Takes an exclusive advisory lock on `<dir>/LOCK`: two writers on one log would interleave
+/// frames and reuse offsets, so a second `open` of the same directory fails instead.
+fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, LogError> {
+    std::fs::create_dir_all(dir).map_err(|source| LogError::Io {
+        op: "create log directory",
+        path: dir.to_owned(),
+        source,
+    })?;
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| LogError::Io {
+            op: "open lock file",
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::Locked {
+            dir: dir.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(LogError::Io {
+            op: "lock",
+            path,
+            source,
+        }),
+    }
+}
+
 pub fn open(cfg: LogConfig) -> Result<(Log, RecoveryReport), LogError> {
     cfg.validate()?;
     if cfg.fsync == FsyncMode::Never {
@@ -326,6 +365,7 @@ pub fn open(cfg: LogConfig) -> Result<(Log, RecoveryReport), LogError> {
             "!!! seglog fsync is OFF: appends are acked before they reach the disk and a power loss or kernel crash LOSES ACKNOWLEDGED ENTRIES. Use this for benchmarks only !!!"
         );
     }
+    let lock = lock_dir(&cfg.dir)?;
     let recovered = recovery::recover(&cfg)?;
     let report = recovered.report;
     let next_offset = recovered.index.durable_head;
@@ -352,6 +392,8 @@ pub fn open(cfg: LogConfig) -> Result<(Log, RecoveryReport), LogError> {
         .spawn(move || {
             // Dropped when the thread ends, even by a panic: that is the exit signal.
             let _exit_tx = exit_tx;
+            // The directory stays locked for as long as the writer may touch it.
+            let _lock = lock;
             writer.run();
         })
         .map_err(|source| LogError::Io {

@@ -351,7 +351,7 @@ fn list_dir(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
             tracing::info!(path = %path.display(), "removed a leftover temp file");
         } else if let Some(base) = parse_segment_name(&name) {
             segments.push((base, path));
-        } else if name != INCARNATION_FILE {
+        } else if name != INCARNATION_FILE && name != "LOCK" {
             tracing::debug!(path = %path.display(), "ignoring a file that is not part of the log");
         }
     }

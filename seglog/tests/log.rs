@@ -705,3 +705,28 @@ async fn a_full_queue_refuses_appends_at_once_and_writes_none_of_them() {
         "exactly the accepted appends were written"
     );
 }
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused_until_the_first_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = homeport_seglog::LogConfig {
+        dir: dir.path().to_owned(),
+        segment_size_bytes: 1 << 20,
+        max_entry_bytes: 1 << 16,
+        fsync: homeport_seglog::FsyncMode::Never,
+        max_pending_appends: 16,
+        max_group_entries: 16,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (log, _) = homeport_seglog::open(cfg.clone()).unwrap();
+    match homeport_seglog::open(cfg.clone()) {
+        Err(homeport_seglog::LogError::Locked { dir: d }) => assert_eq!(d, dir.path()),
+        Err(other) => panic!("expected Locked, got {other}"),
+        Ok(_) => panic!("a second open of a locked directory succeeded"),
+    }
+    rt.block_on(log.close());
+    assert!(
+        homeport_seglog::open(cfg).is_ok(),
+        "the lock is released when the log closes"
+    );
+}
