@@ -1,6 +1,10 @@
 //! Compiles `proto/**/*.proto` with protox (pure Rust), so no `protoc` is needed on any machine.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/homeport/v1/queue.proto"];
+    let files = [
+        "proto/homeport/v1/queue.proto",
+        "proto/homeport/v1/change.proto",
+        "proto/homeport/v1/store.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -52,6 +52,16 @@ pub struct Cluster {
     pub deployment: Deployment,
     bin: PathBuf,
     children: Mutex<HashMap<String, Child>>,
+    /// The deployment file's text, for writing per-region variants (see [`Cluster::route_through`]).
+    toml: String,
+    /// Per region, the deployment file its region process reads (remote addresses may be relays).
+    region_configs: Mutex<HashMap<String, PathBuf>>,
+}
+
+/// Region processes on top of the queue: extra TOML tables (e.g. `"[replay]\nread_wait_ms = 200"`).
+#[derive(Debug, Clone, Default)]
+pub struct RegionSetup {
+    pub extra_toml: Vec<String>,
 }
 
 impl Drop for Cluster {
@@ -90,6 +100,15 @@ fn free_ports(ip: IpAddr, n: usize) -> Result<Vec<(u16, u16)>> {
 impl Cluster {
     /// Writes the deployment file and certificates; starts nothing (see [`Cluster::start_all`]).
     pub fn new(bin: &Path, spec: &ClusterSpec) -> Result<Self> {
+        Self::build(bin, spec, None)
+    }
+
+    /// As [`Cluster::new`], with a region process (`addr`, `api_addr`, `admin_addr`) per region.
+    pub fn with_regions(bin: &Path, spec: &ClusterSpec, setup: &RegionSetup) -> Result<Self> {
+        Self::build(bin, spec, Some(setup))
+    }
+
+    fn build(bin: &Path, spec: &ClusterSpec, setup: Option<&RegionSetup>) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("homeport-it-").tempdir()?;
         let (x, y) = random_subnet();
         let campus_ips: Vec<IpAddr> = (1..=3)
@@ -100,6 +119,18 @@ impl Cluster {
         for ip in &campus_ips {
             ports.push(free_ports(*ip, nodes_per_campus)?);
         }
+        // Region processes: QUIC + admin from one call, the HTTP API from another.
+        let region_ports = match setup {
+            Some(_) => {
+                let a = free_ports(campus_ips[0], spec.regions.len())?;
+                let b = free_ports(campus_ips[0], spec.regions.len())?;
+                a.into_iter()
+                    .zip(b)
+                    .map(|((q, adm), (_, api))| (q, adm, api))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         let mut toml = String::new();
         writeln!(toml, "[deployment]\nname = \"it\"\ndata_root = \"data\"\n")?;
         writeln!(
@@ -110,9 +141,19 @@ impl Cluster {
         for s in &spec.queue_settings {
             writeln!(toml, "{s}")?;
         }
+        for t in setup.map(|s| s.extra_toml.as_slice()).unwrap_or_default() {
+            writeln!(toml, "\n{t}")?;
+        }
         let mut slot = 0;
-        for r in &spec.regions {
+        for (ri, r) in spec.regions.iter().enumerate() {
             writeln!(toml, "\n[[regions]]\nname = \"{r}\"")?;
+            if let Some((q, adm, api)) = region_ports.get(ri) {
+                let ip = campus_ips[0];
+                writeln!(
+                    toml,
+                    "addr = \"{ip}:{q}\"\napi_addr = \"{ip}:{api}\"\nadmin_addr = \"{ip}:{adm}\""
+                )?;
+            }
             for g in 1..=spec.groups_per_region {
                 writeln!(
                     toml,
@@ -142,6 +183,8 @@ impl Cluster {
             deployment,
             bin: bin.to_owned(),
             children: Mutex::new(HashMap::new()),
+            toml,
+            region_configs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -167,27 +210,29 @@ impl Cluster {
 
     /// Starts the node's process (its log appends to `logs/<node>.log`).
     pub fn start_node(&self, node: &str) -> Result<()> {
+        let config = self.config_path.display().to_string();
+        self.spawn_process(node, &["queue-node", "--config", &config, "--node", node])
+    }
+
+    /// Spawns `homeport-it ARGS` as process `name` (log: `logs/<name>.log`).
+    pub(crate) fn spawn_process(&self, name: &str, args: &[&str]) -> Result<()> {
         let mut children = self.children.lock().expect("children lock");
-        if children.contains_key(node) {
-            bail!("node {node} is already running");
+        if children.contains_key(name) {
+            bail!("{name} is already running");
         }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.log_path(node))?;
+            .open(self.log_path(name))?;
         let child = Command::new(&self.bin)
-            .arg("queue-node")
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("--node")
-            .arg(node)
+            .args(args)
             .env("HOMEPORT_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("spawning {}", self.bin.display()))?;
-        children.insert(node.to_owned(), child);
+        children.insert(name.to_owned(), child);
         Ok(())
     }
 

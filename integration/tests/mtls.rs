@@ -4,6 +4,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,8 +13,8 @@ use homeport_integration::{Cluster, ClusterSpec};
 use homeport_queue::client::{ClientError, NodeClient};
 use homeport_queue::entry::{self, EntryIdGen};
 use homeport_wire::{self as wire, pb};
-use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 fn two_regions() -> ClusterSpec {
     ClusterSpec {
@@ -101,30 +102,49 @@ async fn certificate_from_another_ca_gets_no_answer() -> anyhow::Result<()> {
         );
     }
 
-    // The deployment's own operator certificate works against the same node (the control).
-    let ok = client_for(&cluster, cluster.endpoint("operator")?, &node)?;
-    ok.status(RPC_TIMEOUT_MS).await?;
+    // The control: the same trust file with the deployment's own operator certificate is
+    // answered, so the refusal above is the foreign CA and nothing else.
+    let tls = wire::TlsFiles::for_identity(&both_cas, &cluster.deployment.tls.cert_dir, "operator");
+    let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
+    let ep = wire::client_endpoint(bind, &tls, &wire::EndpointLimits::default())?;
+    client_for(&cluster, ep, &node)?
+        .status(RPC_TIMEOUT_MS)
+        .await?;
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_without_certificate_gets_no_answer() -> anyhow::Result<()> {
-    let (cluster, node) = one_node().await?;
+/// A QUIC client endpoint built with rustls directly: trusts the deployment CA, speaks the homeport
+/// ALPN, and presents `client_cert` (chain and key files) or no certificate at all.
+fn raw_endpoint(
+    cluster: &Cluster,
+    client_cert: Option<(&Path, &Path)>,
+) -> anyhow::Result<quinn::Endpoint> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(&cluster.deployment.tls.ca_cert)? {
         roots.add(cert?)?;
     }
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut tls = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+            builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(key)?)?
+        }
+    };
     tls.alpn_protocols = vec![wire::ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut ep = quinn::Endpoint::client(([0, 0, 0, 0], 0).into())?;
     ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    Ok(ep)
+}
 
-    let client = client_for(&cluster, ep, &node)?;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_without_certificate_gets_no_answer() -> anyhow::Result<()> {
+    let (cluster, node) = one_node().await?;
+    let client = client_for(&cluster, raw_endpoint(&cluster, None)?, &node)?;
     let log = cluster.node_log(&node);
     assert_no_answer(
         "status without a certificate",
@@ -141,6 +161,18 @@ async fn client_without_certificate_gets_no_answer() -> anyhow::Result<()> {
         client.append(&[sh_entry()], 3_000).await,
         &log,
     );
+
+    // The control: the same client setup presenting the operator's certificate is answered, so
+    // the refusal above is the missing certificate and nothing else.
+    let tls = &cluster.deployment.tls;
+    let cert = tls.cert_path("operator");
+    let key = tls.key_path("operator");
+    let with_cert = client_for(
+        &cluster,
+        raw_endpoint(&cluster, Some((&cert, &key)))?,
+        &node,
+    )?;
+    with_cert.status(RPC_TIMEOUT_MS).await?;
     Ok(())
 }
 

@@ -65,14 +65,21 @@ impl std::fmt::Debug for NodeClient {
 
 impl NodeClient {
     pub fn new(endpoint: quinn::Endpoint, region: &str, id: &str, addr: SocketAddr) -> Self {
+        let server = Identity {
+            name: id.to_owned(),
+            role: Role::QueueNode,
+            region: region.to_owned(),
+        };
+        Self::with_identity(endpoint, server, addr)
+    }
+
+    /// A client of any homeport server (e.g. a region process), which must present `server`'s
+    /// certificate.
+    pub fn with_identity(endpoint: quinn::Endpoint, server: Identity, addr: SocketAddr) -> Self {
         Self {
-            id: id.to_owned(),
+            id: server.name.clone(),
             addr,
-            server: Identity {
-                name: id.to_owned(),
-                role: Role::QueueNode,
-                region: region.to_owned(),
-            },
+            server,
             endpoint,
             state: tokio::sync::Mutex::new(ConnState {
                 conn: None,
@@ -230,6 +237,8 @@ impl NodeClient {
             Some(pb::response::Body::Status(_)) => "status",
             Some(pb::response::Body::Trim(_)) => "trim",
             Some(pb::response::Body::Error(_)) => "error",
+            Some(pb::response::Body::RegionStatus(_)) => "region_status",
+            Some(pb::response::Body::CheckpointReport(_)) => "checkpoint_report",
         };
         ClientError::UnexpectedResponse {
             node: self.id.clone(),

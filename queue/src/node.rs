@@ -250,6 +250,17 @@ async fn handle(st: &NodeState, peer: &Identity, req: pb::Request) -> pb::Respon
             append(st, a.entries).await
         }
         Some(pb::request::Body::Read(r)) => read(st, r).await,
+        Some(pb::request::Body::RegionStatus(_)) => error(
+            pb::ErrorCode::BadRequest,
+            format!(
+                "region_status is a region request; node {} is a queue node: send it to a region process",
+                st.node_id
+            ),
+        ),
+        Some(pb::request::Body::CheckpointReport(_)) => error(
+            pb::ErrorCode::BadRequest,
+            "checkpoint reports are not handled by this node version",
+        ),
         Some(pb::request::Body::Status(_)) => ok(pb::response::Body::Status(status(st))),
         Some(pb::request::Body::Trim(t)) => {
             if !may_write(st, peer) {

@@ -153,6 +153,14 @@ impl Producer {
         })
     }
 
+    /// The next entry id of this producer, for entries built elsewhere (e.g. in a store transaction).
+    pub fn next_id(&self) -> pb::EntryId {
+        self.ids
+            .lock()
+            .expect("id generator lock poisoned")
+            .next_id()
+    }
+
     /// A new entry with the next id of this producer.
     pub fn new_entry(&self, kind: pb::EntryKind, payload: Bytes) -> pb::Entry {
         self.ids

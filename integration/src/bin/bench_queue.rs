@@ -78,6 +78,10 @@ struct Args {
     /// homeport nodes' fsync mode; `never` is UNSAFE and labelled so in the report.
     #[arg(long, value_enum, default_value_t = FsyncArg::Always)]
     fsync: FsyncArg,
+    /// Extra `[queue]` setting for the homeport deployment, as a TOML line (repeatable), e.g.
+    /// `--queue-setting max_in_flight_batches=4`: for finding where time goes. The report lists them.
+    #[arg(long = "queue-setting", value_name = "KEY=VALUE")]
+    queue_settings: Vec<String>,
     /// The nats-server program (Debian: `apt-get install -y nats-server`).
     #[arg(long, default_value = "nats-server")]
     nats_server: PathBuf,
@@ -102,6 +106,16 @@ impl Args {
             "--payload-bytes {} is outside 1..=1048576 (JetStream's default max_payload is 1 MiB)",
             self.payload_bytes
         );
+        for q in &self.queue_settings {
+            ensure!(
+                q.contains('=') && !q.contains('\n'),
+                "--queue-setting {q:?} is not one `key = value` TOML line, e.g. max_in_flight_batches=4"
+            );
+            ensure!(
+                !q.trim_start().starts_with("fsync"),
+                "set fsync with --fsync, so the report labels an unsafe mode"
+            );
+        }
         Ok(())
     }
 }
@@ -468,7 +482,7 @@ struct HomeportCluster {
 }
 
 impl HomeportCluster {
-    async fn start(fsync: FsyncArg) -> Result<Self> {
+    async fn start(fsync: FsyncArg, queue_settings: &[String]) -> Result<Self> {
         let bin = std::env::current_exe()?.with_file_name("homeport-it");
         ensure!(
             bin.exists(),
@@ -478,6 +492,9 @@ impl HomeportCluster {
         let mut spec = ClusterSpec::one_region(1);
         if fsync == FsyncArg::Never {
             spec = spec.with("fsync = \"never\"");
+        }
+        for q in queue_settings {
+            spec = spec.with(q);
         }
         let cluster = Cluster::new(&bin, &spec)?;
         cluster.start_all()?;
@@ -672,7 +689,7 @@ async fn run(args: Args) -> Result<()> {
         "starting 3 homeport queue nodes (fsync {:?})...",
         args.fsync
     );
-    let homeport = HomeportCluster::start(args.fsync).await?;
+    let homeport = HomeportCluster::start(args.fsync, &args.queue_settings).await?;
     let mut nats = if args.skip_nats {
         None
     } else {
@@ -852,6 +869,13 @@ impl Report<'_> {
             self.disk.value_at_quantile(0.5),
             self.disk.value_at_quantile(0.99)
         )?;
+        if !a.queue_settings.is_empty() {
+            writeln!(
+                o,
+                "homeport `[queue]` settings changed from the defaults: `{}`.",
+                a.queue_settings.join("`, `")
+            )?;
+        }
         writeln!(o)?;
         match a.fsync {
             FsyncArg::Always => writeln!(

@@ -265,11 +265,11 @@ pub async fn consume_until(
                     ce.node, ce.offset
                 );
             }
-            if !out.entries.contains_key(&k) {
-                if expected.contains(&k) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = out.entries.entry(k) {
+                if expected.contains(slot.key()) {
                     missing -= 1;
                 }
-                out.entries.insert(k, ce.entry);
+                slot.insert(ce.entry);
             }
         }
         out.cursors.insert(batch.group.clone(), batch.cursor);

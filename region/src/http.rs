@@ -1,0 +1,263 @@
+//! The region's HTTP record API (internal: no tickets; the gateway puts routing and tickets in
+//! front of it). `PUT/GET/DELETE /v1/users/{uid}/records/{key}`, plus `GET /v1/digest` and
+//! `GET /v1/status` for operators and tests.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use homeport_store::{StoreError, WriteOp};
+use serde_json::json;
+
+use crate::Shared;
+use crate::writes::{self, WriteError, WriteResult};
+
+/// Seconds a client should wait before retrying a write that is durable but not yet shipped.
+const RETRY_AFTER_SECS: u64 = 1;
+pub const HOME_REGION_HEADER: &str = "homeport-home-region";
+const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// Longest idempotency key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    // One byte over the limit reaches the handler, which then names the limit in its answer.
+    let body_limit = shared.deployment.store.max_value_bytes + 1;
+    Router::new()
+        .route(
+            "/v1/users/{uid}/records/{key}",
+            get(get_record).put(put_record).delete(delete_record),
+        )
+        .route("/v1/digest", get(digest))
+        .route("/v1/status", get(status))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(shared)
+}
+
+fn problem(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).expect("a number is a valid header value")
+}
+
+/// `If-Match: "3"` or `If-Match: 3` → Some(3); `0` means "must not exist yet".
+fn expected_version(headers: &HeaderMap) -> Result<Option<u64>, Response> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = v.to_str().unwrap_or("").trim().trim_matches('"');
+    text.parse::<u64>().map(Some).map_err(|_| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "If-Match must be a record version as returned in ETag (e.g. \"3\", or \"0\" for \
+                 'must not exist'); got {:?}",
+                v.to_str().unwrap_or("<not text>")
+            ),
+        )
+    })
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
+    let Some(v) = headers.get(IDEMPOTENCY_KEY_HEADER) else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(s) if !s.is_empty() && s.len() <= MAX_IDEMPOTENCY_KEY_BYTES => Ok(Some(s.to_owned())),
+        _ => Err(problem(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes of visible ASCII"
+            ),
+        )),
+    }
+}
+
+async fn put_record(
+    State(shared): State<Arc<Shared>>,
+    Path((uid, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    write(&shared, &uid, &key, WriteOp::Put(body), &headers, "PUT").await
+}
+
+async fn delete_record(
+    State(shared): State<Arc<Shared>>,
+    Path((uid, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    write(&shared, &uid, &key, WriteOp::Delete, &headers, "DELETE").await
+}
+
+async fn write(
+    shared: &Shared,
+    uid: &str,
+    key: &str,
+    op: WriteOp,
+    headers: &HeaderMap,
+    method: &str,
+) -> Response {
+    let expected = match expected_version(headers) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let idem = match idempotency_key(headers) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match writes::write(shared, uid, key, op, expected, idem).await {
+        Ok(WriteResult::Committed { version }) => {
+            let code = if version == 1 && method == "PUT" {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let mut r = (code, axum::Json(json!({ "version": version, "shipped": true }))).into_response();
+            r.headers_mut().insert(header::ETAG, etag(version));
+            r
+        }
+        Ok(WriteResult::DurableNotShipped { version, reason }) => {
+            let mut r = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the change is durable at home as version {version} but not yet on the queue \
+                     ({reason}); it will ship by itself. Retrying with the same Idempotency-Key \
+                     is safe and never writes twice"
+                ),
+            );
+            r.headers_mut().insert(header::ETAG, etag(version));
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            r
+        }
+        Ok(WriteResult::Conflict { current }) => {
+            let mut r = problem(
+                StatusCode::PRECONDITION_FAILED,
+                format!(
+                    "the record is at version {current}, not the version in If-Match; read it again and retry"
+                ),
+            );
+            r.headers_mut().insert(header::ETAG, etag(current));
+            r
+        }
+        Ok(WriteResult::NotHome { home }) => not_home(shared, uid, key, home),
+        Err(WriteError::Store(e)) => store_error(e),
+        Err(e @ WriteError::ShuttingDown(_)) => {
+            let mut r = problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            r
+        }
+    }
+}
+
+/// A user homed elsewhere is sent home: `307` keeps the method and body.
+fn not_home(shared: &Shared, uid: &str, key: &str, home: Option<String>) -> Response {
+    let Some(home) = home else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            format!(
+                "user {uid:?} has no home region under the deployment's rule (uid must look like \
+                 '<region>-<id>' with a region of: {})",
+                shared.deployment.region_names().join(", ")
+            ),
+        );
+    };
+    let api = shared
+        .deployment
+        .region(&home)
+        .and_then(|r| r.process.as_ref())
+        .map(|p| p.api_addr);
+    let mut r = problem(
+        StatusCode::TEMPORARY_REDIRECT,
+        format!("user {uid:?} lives in region {home}; writes go there"),
+    );
+    if let Some(api) = api
+        && let Ok(loc) = HeaderValue::from_str(&format!("http://{api}/v1/users/{uid}/records/{key}"))
+    {
+        r.headers_mut().insert(header::LOCATION, loc);
+    }
+    if let Ok(h) = HeaderValue::from_str(&home) {
+        r.headers_mut().insert(HOME_REGION_HEADER, h);
+    }
+    r
+}
+
+fn store_error(e: StoreError) -> Response {
+    let code = match &e {
+        StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        StoreError::Invalid { .. } => StatusCode::BAD_REQUEST,
+        StoreError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        _ => {
+            tracing::error!(error = %e, "store error");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    let mut r = problem(code, e.to_string());
+    if code == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    r
+}
+
+async fn get_record(
+    State(shared): State<Arc<Shared>>,
+    Path((uid, key)): Path<(String, String)>,
+) -> Response {
+    let store = shared.store.clone();
+    let (u, k) = (uid.clone(), key.clone());
+    let found = match tokio::task::spawn_blocking(move || store.read(&u, &k)).await {
+        Ok(r) => r,
+        Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, format!("read task failed: {e}")),
+    };
+    match found {
+        Ok(Some(rec)) => {
+            let home = HeaderValue::from_str(&rec.home_region).ok();
+            let mut r = match rec.value {
+                Some(v) => (StatusCode::OK, v).into_response(),
+                None => problem(
+                    StatusCode::NOT_FOUND,
+                    format!("record {key:?} of user {uid:?} was deleted (version {})", rec.version),
+                ),
+            };
+            r.headers_mut().insert(header::ETAG, etag(rec.version));
+            if let Some(h) = home {
+                r.headers_mut().insert(HOME_REGION_HEADER, h);
+            }
+            r
+        }
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            format!("no record {key:?} for user {uid:?} in region {}", shared.region),
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn digest(State(shared): State<Arc<Shared>>) -> Response {
+    let store = shared.store.clone();
+    match tokio::task::spawn_blocking(move || store.digest()).await {
+        Ok(Ok(d)) => axum::Json(json!({
+            "region": shared.region,
+            "total": d.total,
+            "records": d.records,
+            "per_user": d.per_user,
+        }))
+        .into_response(),
+        Ok(Err(e)) => store_error(e),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, format!("digest task failed: {e}")),
+    }
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    let lags = shared.lag_table();
+    axum::Json(json!({
+        "region": shared.region,
+        "lags": lags.iter().map(crate::lag::pair_lag_json).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}

@@ -1,0 +1,99 @@
+//! Replay workers: pull one other region's queue (every group, every node), decide with
+//! `homeport_replay::plan` what may be applied, and apply it together with the checkpoint.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use homeport_queue::consumer::{self, ConsumerOptions, RegionConsumer};
+use homeport_store::ApplyBatch;
+use tokio::sync::watch;
+
+use crate::Shared;
+
+/// Backoff between retries of a store apply that failed (e.g. the store is busy): the same batch
+/// is retried until it applies, never skipped.
+const APPLY_RETRY_BACKOFF_MS: u64 = 200;
+
+pub(crate) async fn run_source(
+    shared: Arc<Shared>,
+    source: String,
+    endpoint: quinn::Endpoint,
+    mut stop: watch::Receiver<bool>,
+) {
+    let store = shared.store.clone();
+    let cursors = match tokio::task::spawn_blocking(move || store.checkpoints()).await {
+        Ok(Ok(all)) => all
+            .into_iter()
+            .filter(|c| c.source_region == source)
+            .map(|c| (c.group, consumer::cursor_from_pb(&c.cursor)))
+            .collect::<HashMap<_, _>>(),
+        Ok(Err(e)) => {
+            tracing::error!(%source, error = %e, "cannot read checkpoints; replay of this source is stopped");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(%source, error = %e, "checkpoint task failed");
+            return;
+        }
+    };
+    let replay = &shared.deployment.replay;
+    let mut opts = ConsumerOptions::from_settings(&shared.deployment.queue);
+    opts.batch_max_entries = replay.batch_max_entries;
+    opts.wait_ms = replay.read_wait_ms;
+    opts.retry_backoff_ms = replay.retry_backoff_ms;
+    opts.max_retry_backoff_ms = replay.max_retry_backoff_ms;
+    let mut consumer =
+        RegionConsumer::start(&shared.deployment, &source, &endpoint, cursors, opts);
+    tracing::info!(region = %shared.region, %source, "replay worker started");
+    loop {
+        let batch = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            b = consumer.next_batch() => b,
+        };
+        let Some(batch) = batch else {
+            tracing::error!(%source, "consumer stopped");
+            return;
+        };
+        let entries: Vec<_> = batch.entries.iter().map(|e| e.entry.clone()).collect();
+        let planned = homeport_replay::plan::plan_batch(&source, &entries, shared.homes.as_ref());
+        for r in &planned.refused {
+            metrics::counter!("homeport_replay_refused_total", "source" => source.clone())
+                .increment(1);
+            tracing::warn!(
+                %source, uid = %r.uid, key = %r.key, claimed_home = %r.claimed_home,
+                actual_home = ?r.actual_home,
+                "refused a change from a region that is not the user's home"
+            );
+        }
+        let apply = ApplyBatch {
+            source_region: source.clone(),
+            group: batch.group.clone(),
+            changes: planned.changes,
+            cursor: consumer::cursor_to_pb(&batch.cursor),
+            heartbeat_unix_ms: planned.heartbeat_unix_ms,
+            applied_entries: planned.entries,
+        };
+        let outcome = loop {
+            match shared.store.apply(apply.clone()).await {
+                Ok(o) => break o,
+                Err(e) => {
+                    tracing::warn!(%source, error = %e, "apply failed; retrying the same batch");
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        _ = tokio::time::sleep(Duration::from_millis(APPLY_RETRY_BACKOFF_MS)) => {}
+                    }
+                }
+            }
+        };
+        shared.lag.record_applied(
+            &source,
+            homeport_queue::entry::now_unix_ms(),
+            planned.entries,
+            outcome.applied,
+            planned.refused.len() as u64,
+            planned.heartbeat_unix_ms,
+        );
+        shared.lag.record_nodes(&source, consumer.node_states());
+    }
+}
