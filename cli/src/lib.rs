@@ -51,6 +51,15 @@ enum Command {
         #[arg(long)]
         node: String,
     },
+    /// Run a region process: the region's record store, its producer (outbox shipper, heartbeats)
+    /// and replay workers for every other region. SIGTERM drains in-flight work.
+    Region {
+        #[arg(long)]
+        config: PathBuf,
+        /// The region's name as the config names it, e.g. `sh`.
+        #[arg(long)]
+        region: String,
+    },
     /// Operate a region's queue: append test entries, follow it, see its nodes.
     #[command(subcommand)]
     Queue(queue_cmd::QueueCmd),
@@ -115,6 +124,17 @@ pub fn write_certs(d: &Deployment, out: &std::path::Path) -> Result<Vec<PathBuf>
         .with_context(|| format!("generating certificates into {}", out.display()))
 }
 
+async fn run_region(config: PathBuf, region: String) -> Result<()> {
+    let d = std::sync::Arc::new(load_config(&config)?);
+    let running = homeport_region::start(d, &region)
+        .await
+        .with_context(|| format!("starting region {region}"))?;
+    shutdown_signal().await;
+    tracing::info!(region = %region, "shutting down: draining in-flight work");
+    running.shutdown().await;
+    Ok(())
+}
+
 async fn run_queue_node(config: PathBuf, node: String) -> Result<()> {
     let d = load_config(&config)?;
     let running = homeport_queue::node::start(&d, &node)
@@ -163,6 +183,7 @@ async fn async_main() -> std::process::ExitCode {
             Ok(())
         })(),
         Command::QueueNode { config, node } => run_queue_node(config, node).await,
+        Command::Region { config, region } => run_region(config, region).await,
         Command::Queue(cmd) => queue_cmd::run(cmd).await,
     };
     match result {

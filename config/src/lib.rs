@@ -96,13 +96,17 @@ impl fmt::Display for Problem {
 }
 
 /// A validated deployment: names are unique and well-formed, every group has 3 nodes in 3 campuses,
-/// no two listeners share an address, and the queue limits are consistent with each other.
+/// no two listeners share an address, and the queue, store and replay limits are consistent with
+/// each other (a maximal record change fits in a queue entry).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deployment {
     pub name: String,
     pub data_root: PathBuf,
     pub tls: Tls,
     pub queue: QueueSettings,
+    pub store: StoreSettings,
+    pub replay: ReplaySettings,
+    pub homes: HomeRule,
     pub regions: Vec<Region>,
 }
 
@@ -208,6 +212,10 @@ pub struct QueueSettings {
     pub attempt_timeout_ms: u64,
     /// How often a producer probes a group it considers unhealthy.
     pub group_probe_interval_ms: u64,
+    /// Batches a producer has waiting for their commit at once. Small on purpose: while they
+    /// wait, new appends accumulate and leave together as the next batch (one message and one
+    /// fsync per node). With a large value every append travels alone and throughput collapses
+    /// under per-request overhead (measured: 0.36x vs 1.4x JetStream at 256 appends in flight).
     pub max_in_flight_batches: u32,
     pub fsync: FsyncMode,
     /// Segments older than this are deleted even if some region has not consumed them.
@@ -227,7 +235,7 @@ impl Default for QueueSettings {
             append_timeout_ms: 5_000,
             attempt_timeout_ms: 1_500,
             group_probe_interval_ms: 1_000,
-            max_in_flight_batches: 256,
+            max_in_flight_batches: 8,
             fsync: FsyncMode::Always,
             retention_max_age_secs: 7 * 24 * 60 * 60,
             heartbeat_interval_ms: 1_000,
@@ -263,6 +271,160 @@ impl fmt::Display for FsyncMode {
 pub struct Region {
     pub name: String,
     pub queue_groups: Vec<QueueGroup>,
+    /// The region process (store, producer, replay workers); `None` in a queue-only deployment.
+    pub process: Option<RegionProcess>,
+    /// Where this region's replay workers deliver other regions' changes.
+    pub sink: SinkConfig,
+}
+
+/// Where a region's process listens and keeps its data. The three listeners are required together:
+/// a region process without any one of them cannot serve its part (other regions, clients, or
+/// monitoring).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionProcess {
+    /// QUIC: region status (clock offset, lag) and record requests from other regions.
+    pub addr: SocketAddr,
+    /// HTTP record API.
+    pub api_addr: SocketAddr,
+    /// HTTP `/metrics` and `/healthz`.
+    pub admin_addr: SocketAddr,
+    /// The record store and sink state; `<data_root>/region-<name>` unless overridden.
+    pub data_dir: PathBuf,
+}
+
+/// File name of a webhook sink's dead-letter store inside the region's data directory.
+const DEAD_LETTERS_FILE: &str = "dead-letters.redb";
+
+impl RegionProcess {
+    /// `<data_dir>/dead-letters.redb`: changes a webhook sink gave up on, kept for redrive.
+    pub fn dead_letters_path(&self) -> PathBuf {
+        self.data_dir.join(DEAD_LETTERS_FILE)
+    }
+}
+
+/// Where replay applies other regions' changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SinkConfig {
+    /// The region's own record store (apply-if-newer).
+    #[default]
+    Store,
+    /// An external HTTP service; the entry id is the idempotency key, so redelivery is harmless.
+    Webhook(WebhookSink),
+}
+
+/// Delivery to an external service by HTTP POST, retried with backoff, then dead-lettered to
+/// [`RegionProcess::dead_letters_path`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSink {
+    /// `http://host[:port]/path`; https is not spoken (put a TLS-terminating proxy on localhost).
+    pub url: String,
+    /// One POST per change instead of one per replayed batch.
+    pub per_change: bool,
+    /// Attempts per request, the first included, before its changes are dead-lettered.
+    pub max_attempts: u32,
+    /// Backoff after the first failure; doubles per failure up to `backoff_max_ms`.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Per attempt: connect, send, and read the answer.
+    pub timeout_ms: u64,
+}
+
+impl WebhookSink {
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
+    pub const DEFAULT_BACKOFF_BASE_MS: u64 = 100;
+    pub const DEFAULT_BACKOFF_MAX_MS: u64 = 10_000;
+    pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+}
+
+/// Limits of the region's record store. They bound what a client may write, so that every write the
+/// store accepts also fits, as a change, in one queue entry (checked against `[queue]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    pub max_uid_bytes: usize,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// Requests committed in one store transaction (one fsync).
+    pub max_batch_requests: usize,
+    /// How long a write's idempotency key is remembered, so a retried request is answered, not
+    /// applied twice.
+    pub idempotency_ttl_secs: u64,
+    /// How long a deleted record's tombstone is kept, so an older change arriving late cannot
+    /// bring the record back.
+    pub tombstone_retention_secs: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            max_uid_bytes: 128,
+            max_key_bytes: 256,
+            max_value_bytes: 256 * 1024,
+            max_batch_requests: 1024,
+            idempotency_ttl_secs: 24 * 60 * 60,
+            tombstone_retention_secs: 24 * 60 * 60,
+        }
+    }
+}
+
+/// Timings of the replay workers, the outbox shipper and status sampling of a region process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplaySettings {
+    /// Changes applied in one store transaction.
+    pub batch_max_entries: usize,
+    /// Long-poll wait of a read at the end of a node's log.
+    pub read_wait_ms: u32,
+    pub retry_backoff_ms: u64,
+    pub max_retry_backoff_ms: u64,
+    /// How often applied positions are reported to the source's queue nodes, which trim below them.
+    pub checkpoint_report_interval_ms: u64,
+    /// How often other regions are sampled for clock offset and lag.
+    pub status_interval_ms: u64,
+    /// How often the outbox is scanned for changes a crash left unshipped.
+    pub outbox_scan_interval_ms: u64,
+    /// An outbox entry younger than this is presumably still being appended by its writer, so
+    /// the shipper leaves it alone.
+    pub outbox_min_age_ms: u64,
+}
+
+impl Default for ReplaySettings {
+    fn default() -> Self {
+        ReplaySettings {
+            batch_max_entries: 1024,
+            read_wait_ms: 1_000,
+            retry_backoff_ms: 100,
+            max_retry_backoff_ms: 5_000,
+            checkpoint_report_interval_ms: 5_000,
+            status_interval_ms: 1_000,
+            outbox_scan_interval_ms: 1_000,
+            outbox_min_age_ms: 2_000,
+        }
+    }
+}
+
+/// How a user's home region follows from the uid. Every region must compute the same answer, so
+/// the rule is deployment-wide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum HomeRule {
+    /// uid `<region>-<rest>` is homed in `<region>`.
+    #[default]
+    UidPrefix,
+}
+
+impl HomeRule {
+    /// Every rule, as written in the file.
+    const ALL: [HomeRule; 1] = [HomeRule::UidPrefix];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            HomeRule::UidPrefix => "uid-prefix",
+        }
+    }
+}
+
+impl fmt::Display for HomeRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Exactly 3 nodes in 3 different campuses: an entry is committed on 2 of them, and any 2 nodes

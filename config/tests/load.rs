@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use homeport_config::{ConfigError, Deployment, FsyncMode, load};
+use homeport_config::{
+    ConfigError, Deployment, FsyncMode, HomeRule, ReplaySettings, SinkConfig, StoreSettings, load,
+};
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -12,9 +14,9 @@ fn examples_dir() -> PathBuf {
         .join("examples")
 }
 
-/// What every shipped example promises: 2 groups of 3 nodes per region, campuses a/b/c, every
-/// listener on its own address inside the region's loopback /24, data and certificates under the
-/// repository's gitignored `data/` and `certs/`.
+/// What every shipped example promises: 2 groups of 3 nodes per region, campuses a/b/c, a region
+/// process per region on campus a's IP, every listener on its own address inside the region's
+/// loopback /24, data and certificates under the repository's gitignored `data/` and `certs/`.
 fn check_example(deployment: &Deployment, name: &str, regions: &[(&str, u8)]) {
     let examples = examples_dir();
     assert_eq!(deployment.name, name);
@@ -32,11 +34,31 @@ fn check_example(deployment: &Deployment, name: &str, regions: &[(&str, u8)]) {
         examples.join("../certs").join(name).join("ca.pem")
     );
     assert_eq!(deployment.queue.fsync, FsyncMode::Always);
+    // The examples write out the defaults, so they document them.
+    assert_eq!(deployment.store, StoreSettings::default());
+    assert_eq!(deployment.replay, ReplaySettings::default());
+    assert_eq!(deployment.homes, HomeRule::UidPrefix);
 
     let mut listeners = HashSet::new();
     for (region_name, octet) in regions {
         let region = deployment.region(region_name).expect("region");
         assert_eq!(region.queue_groups.len(), 2, "{region_name}");
+        assert_eq!(region.sink, SinkConfig::Store);
+        let process = region
+            .process
+            .as_ref()
+            .expect("every example region runs a process");
+        assert_eq!(
+            process.data_dir,
+            deployment.data_root.join(format!("region-{region_name}"))
+        );
+        for addr in [process.addr, process.api_addr, process.admin_addr] {
+            match addr.ip() {
+                std::net::IpAddr::V4(ip) => assert_eq!(ip.octets(), [127, 0, *octet, 1]),
+                other => panic!("{other} is not a loopback IPv4 address"),
+            }
+            assert!(listeners.insert(addr), "{addr} used twice");
+        }
         for group in &region.queue_groups {
             let campuses: Vec<&str> = group.nodes.iter().map(|n| n.campus.as_str()).collect();
             assert_eq!(campuses, ["a", "b", "c"]);
@@ -56,7 +78,7 @@ fn check_example(deployment: &Deployment, name: &str, regions: &[(&str, u8)]) {
             }
         }
     }
-    assert_eq!(listeners.len(), regions.len() * 2 * 3 * 2);
+    assert_eq!(listeners.len(), regions.len() * (2 * 3 * 2 + 3));
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //! (127.X.Y.1-3, one IP per campus) with ports the kernel handed out, so tests run in parallel
 //! without colliding. Every process it starts is killed when it is dropped.
 
+mod regions;
+pub mod wan;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};

@@ -62,7 +62,13 @@ impl Cluster {
         let config = self.region_config(region);
         self.spawn_process(
             &homeport_config::region_identity(region),
-            &["region", "--config", &config.display().to_string(), "--region", region],
+            &[
+                "region",
+                "--config",
+                &config.display().to_string(),
+                "--region",
+                region,
+            ],
         )
     }
 

@@ -229,6 +229,28 @@ impl NodeClient {
         }
     }
 
+    /// Tells the node that `consumer_region` has durably applied everything below `next_offset`
+    /// of the node's log under `incarnation`; the node deletes segments every consuming region has
+    /// passed. Answers the node's first retained offset (unchanged when the incarnation is not the
+    /// node's current one, or the report is lower than an earlier one).
+    pub async fn report_checkpoint(
+        &self,
+        consumer_region: &str,
+        incarnation: [u8; 16],
+        next_offset: u64,
+        timeout_ms: u64,
+    ) -> Result<pb::CheckpointReportResponse, ClientError> {
+        let body = pb::request::Body::CheckpointReport(pb::CheckpointReport {
+            consumer_region: consumer_region.to_owned(),
+            incarnation: Bytes::copy_from_slice(&incarnation),
+            next_offset,
+        });
+        match self.call(body, timeout_ms).await?.body {
+            Some(pb::response::Body::CheckpointReport(c)) => Ok(c),
+            other => Err(self.unexpected("checkpoint_report", &other)),
+        }
+    }
+
     fn unexpected(&self, expected: &'static str, got: &Option<pb::response::Body>) -> ClientError {
         let got = match got {
             None => "an empty response",

@@ -143,6 +143,7 @@ impl Producer {
             opts: opts.clone(),
             waiters: HashMap::new(),
             status: status.clone(),
+            status_refreshed: Instant::now(),
         };
         tokio::spawn(driver.run(rx));
         Ok(Self {
@@ -212,7 +213,11 @@ struct Driver {
     opts: ProducerOptions,
     waiters: HashMap<BatchId, Waiters>,
     status: Arc<Mutex<Vec<GroupStatus>>>,
+    status_refreshed: Instant,
 }
+
+/// How stale [`Producer::groups`] may be, apart from health changes (those show at once).
+const STATUS_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Driver {
     async fn run(mut self, mut rx: mpsc::Receiver<AppendCmd>) {
@@ -351,6 +356,7 @@ impl Driver {
                 }
             }
         }
+        let mut health_changed = false;
         while let Some(ev) = self.core.poll_event() {
             match ev {
                 ProducerEvent::Committed { batch, group, acks } => {
@@ -381,6 +387,7 @@ impl Driver {
                     healthy,
                     reason,
                 } => {
+                    health_changed = true;
                     let name = &self.groups[group].0;
                     if healthy {
                         tracing::info!(group = %name, %reason, "queue group healthy again");
@@ -391,7 +398,12 @@ impl Driver {
                 }
             }
         }
-        *self.status.lock().expect("status lock poisoned") = self.core.groups();
+        // `groups()` allocates; refresh the shared copy on health changes or now and then, not on
+        // every append.
+        if health_changed || self.status_refreshed.elapsed() >= STATUS_REFRESH_INTERVAL {
+            *self.status.lock().expect("status lock poisoned") = self.core.groups();
+            self.status_refreshed = Instant::now();
+        }
     }
 }
 

@@ -118,7 +118,11 @@ async fn write(
             } else {
                 StatusCode::OK
             };
-            let mut r = (code, axum::Json(json!({ "version": version, "shipped": true }))).into_response();
+            let mut r = (
+                code,
+                axum::Json(json!({ "version": version, "shipped": true })),
+            )
+                .into_response();
             r.headers_mut().insert(header::ETAG, etag(version));
             r
         }
@@ -132,7 +136,8 @@ async fn write(
                 ),
             );
             r.headers_mut().insert(header::ETAG, etag(version));
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             r
         }
         Ok(WriteResult::Conflict { current }) => {
@@ -149,7 +154,8 @@ async fn write(
         Err(WriteError::Store(e)) => store_error(e),
         Err(e @ WriteError::ShuttingDown(_)) => {
             let mut r = problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             r
         }
     }
@@ -177,7 +183,8 @@ fn not_home(shared: &Shared, uid: &str, key: &str, home: Option<String>) -> Resp
         format!("user {uid:?} lives in region {home}; writes go there"),
     );
     if let Some(api) = api
-        && let Ok(loc) = HeaderValue::from_str(&format!("http://{api}/v1/users/{uid}/records/{key}"))
+        && let Ok(loc) =
+            HeaderValue::from_str(&format!("http://{api}/v1/users/{uid}/records/{key}"))
     {
         r.headers_mut().insert(header::LOCATION, loc);
     }
@@ -199,7 +206,8 @@ fn store_error(e: StoreError) -> Response {
     };
     let mut r = problem(code, e.to_string());
     if code == StatusCode::SERVICE_UNAVAILABLE {
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
     }
     r
 }
@@ -212,7 +220,12 @@ async fn get_record(
     let (u, k) = (uid.clone(), key.clone());
     let found = match tokio::task::spawn_blocking(move || store.read(&u, &k)).await {
         Ok(r) => r,
-        Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, format!("read task failed: {e}")),
+        Err(e) => {
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("read task failed: {e}"),
+            );
+        }
     };
     match found {
         Ok(Some(rec)) => {
@@ -221,7 +234,10 @@ async fn get_record(
                 Some(v) => (StatusCode::OK, v).into_response(),
                 None => problem(
                     StatusCode::NOT_FOUND,
-                    format!("record {key:?} of user {uid:?} was deleted (version {})", rec.version),
+                    format!(
+                        "record {key:?} of user {uid:?} was deleted (version {})",
+                        rec.version
+                    ),
                 ),
             };
             r.headers_mut().insert(header::ETAG, etag(rec.version));
@@ -232,7 +248,10 @@ async fn get_record(
         }
         Ok(None) => problem(
             StatusCode::NOT_FOUND,
-            format!("no record {key:?} for user {uid:?} in region {}", shared.region),
+            format!(
+                "no record {key:?} for user {uid:?} in region {}",
+                shared.region
+            ),
         ),
         Err(e) => store_error(e),
     }
@@ -249,7 +268,10 @@ async fn digest(State(shared): State<Arc<Shared>>) -> Response {
         }))
         .into_response(),
         Ok(Err(e)) => store_error(e),
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, format!("digest task failed: {e}")),
+        Err(e) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("digest task failed: {e}"),
+        ),
     }
 }
 

@@ -116,7 +116,10 @@ impl RunningRegion {
 }
 
 /// Opens the store, starts every task of the region, and returns once it is serving.
-pub async fn start(deployment: Arc<Deployment>, region: &str) -> Result<RunningRegion, RegionError> {
+pub async fn start(
+    deployment: Arc<Deployment>,
+    region: &str,
+) -> Result<RunningRegion, RegionError> {
     let cfg_region = deployment.region(region).ok_or_else(|| {
         RegionError::UnknownRegion(region.to_owned(), deployment.region_names().join(", "))
     })?;
@@ -162,15 +165,18 @@ pub async fn start(deployment: Arc<Deployment>, region: &str) -> Result<RunningR
     );
     let endpoint = wire::server_endpoint(process.addr, &tls, &wire::EndpointLimits::default())
         .map_err(wire_err)?;
-    let producer = Producer::for_region(&deployment, region, &endpoint).map_err(|e| {
-        RegionError::Other {
+    let producer =
+        Producer::for_region(&deployment, region, &endpoint).map_err(|e| RegionError::Other {
             region: region.to_owned(),
             message: e.to_string(),
-        }
-    })?;
+        })?;
 
     let homes: Arc<dyn HomeResolver> = Arc::new(PrefixHomeRule::new(
-        deployment.region_names().iter().map(|s| s.to_string()).collect(),
+        deployment
+            .region_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
     ));
     let (outbox_done, outbox_done_rx) = mpsc::channel(OUTBOX_DONE_QUEUE);
     let shared = Arc::new(Shared {
@@ -230,13 +236,22 @@ pub async fn start(deployment: Arc<Deployment>, region: &str) -> Result<RunningR
         let graceful = async move {
             let _ = http_stop.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(graceful).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(graceful)
+            .await
+        {
             tracing::error!(error = %e, "HTTP API stopped");
         }
     }));
 
-    tasks.push(tokio::spawn(outbox::remover(shared.clone(), outbox_done_rx)));
-    tasks.push(tokio::spawn(outbox::shipper(shared.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(outbox::remover(
+        shared.clone(),
+        outbox_done_rx,
+    )));
+    tasks.push(tokio::spawn(outbox::shipper(
+        shared.clone(),
+        stop_rx.clone(),
+    )));
     tasks.push(tokio::spawn(heartbeat(shared.clone(), stop_rx.clone())));
     for source in deployment.regions.iter().filter(|r| r.name != region) {
         tasks.push(tokio::spawn(replay::run_source(

@@ -43,8 +43,7 @@ pub(crate) async fn run_source(
     opts.wait_ms = replay.read_wait_ms;
     opts.retry_backoff_ms = replay.retry_backoff_ms;
     opts.max_retry_backoff_ms = replay.max_retry_backoff_ms;
-    let mut consumer =
-        RegionConsumer::start(&shared.deployment, &source, &endpoint, cursors, opts);
+    let mut consumer = RegionConsumer::start(&shared.deployment, &source, &endpoint, cursors, opts);
     tracing::info!(region = %shared.region, %source, "replay worker started");
     loop {
         let batch = tokio::select! {

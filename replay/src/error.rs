@@ -5,7 +5,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error("webhook configuration: `{field}` {problem}")]
-    InvalidWebhookConfig { field: &'static str, problem: String },
+    InvalidWebhookConfig {
+        field: &'static str,
+        problem: String,
+    },
 
     #[error(
         "dead-letter store {path}: the file is already open (by another webhook sink or process); \

@@ -130,8 +130,7 @@ impl ClockEstimator {
 /// `clock_offset_ms` is source minus destination. Never negative: a small negative value only
 /// means the offset estimate erred by less than its bound.
 pub fn lag_seconds(now_ms: u64, heartbeat_origin_ms: u64, clock_offset_ms: i64) -> f64 {
-    let lag_ms =
-        i128::from(now_ms) + i128::from(clock_offset_ms) - i128::from(heartbeat_origin_ms);
+    let lag_ms = i128::from(now_ms) + i128::from(clock_offset_ms) - i128::from(heartbeat_origin_ms);
     // Exact for any lag below 2^53 ms (285,000 years).
     lag_ms.max(0) as f64 / 1_000.0
 }
@@ -175,7 +174,8 @@ pub struct ApplyRate {
 }
 
 const RATE_BUCKETS: u64 = APPLY_RATE_WINDOW_MS / APPLY_RATE_BUCKET_MS;
-const _: () = assert!(RATE_BUCKETS >= 1 && APPLY_RATE_WINDOW_MS % APPLY_RATE_BUCKET_MS == 0);
+const _: () =
+    assert!(RATE_BUCKETS >= 1 && APPLY_RATE_WINDOW_MS.is_multiple_of(APPLY_RATE_BUCKET_MS));
 
 impl ApplyRate {
     /// `now_ms`: when measuring started, so a young tracker is not averaged over time it did not see.
@@ -494,7 +494,11 @@ mod tests {
             node(true, None, 0),
             node(true, Some(7), 2),
         ];
-        let g3 = vec![node(false, None, 0), node(false, None, 0), node(false, None, 0)];
+        let g3 = vec![
+            node(false, None, 0),
+            node(false, None, 0),
+            node(false, None, 0),
+        ];
         let b = backlog([g1.as_slice(), g2.as_slice(), g3.as_slice()]);
         assert_eq!(
             b,
@@ -583,8 +587,13 @@ mod tests {
         assert_eq!(t.classify(&pair(false, 0.0)), LagStatus::Unknown);
         assert_eq!(t.classify(&pair(true, f64::NAN)), LagStatus::Unknown);
         assert_eq!(
-            [LagStatus::Ok, LagStatus::Warn, LagStatus::Crit, LagStatus::Unknown]
-                .map(|s| (s.as_str(), s.exit_code())),
+            [
+                LagStatus::Ok,
+                LagStatus::Warn,
+                LagStatus::Crit,
+                LagStatus::Unknown
+            ]
+            .map(|s| (s.as_str(), s.exit_code())),
             [("ok", 0), ("warn", 1), ("crit", 2), ("unknown", 3)]
         );
         assert!(LagThresholds::new(10.0, 5.0).is_err());

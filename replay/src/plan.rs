@@ -78,7 +78,11 @@ pub struct Refusal {
 /// A change is accepted only if `home_of(uid) == source_region` AND `change.home_region ==
 /// source_region` AND `entry.id.origin_region == source_region`: no region can overwrite another
 /// region's users, even when it writes a forged change into its own queue.
-pub fn plan_batch(source_region: &str, entries: &[pb::Entry], homes: &dyn HomeResolver) -> PlannedBatch {
+pub fn plan_batch(
+    source_region: &str,
+    entries: &[pb::Entry],
+    homes: &dyn HomeResolver,
+) -> PlannedBatch {
     let mut out = PlannedBatch {
         entries: entries.len() as u64,
         ..PlannedBatch::default()
@@ -226,7 +230,11 @@ mod tests {
         ];
         let p = plan_batch("sh", &entries, &rule());
         assert_eq!(p.entries, 6);
-        let accepted: Vec<_> = p.changes.iter().map(|c| (c.uid.as_str(), c.version)).collect();
+        let accepted: Vec<_> = p
+            .changes
+            .iter()
+            .map(|c| (c.uid.as_str(), c.version))
+            .collect();
         assert_eq!(accepted, vec![("sh-1", 1), ("sh-6", 6)]);
         assert_eq!(
             p.refused,

@@ -77,7 +77,7 @@ pub struct WebhookConfig {
 }
 
 impl WebhookConfig {
-    /// Per-batch delivery, 8 attempts, backoff 100 ms doubling to 10 s, 10 s per attempt,
+    /// Per-batch delivery, 8 attempts, backoff 100 ms doubling to 10 s, 5 s per attempt,
     /// [`DEFAULT_MAX_BATCH_BYTES`], [`DEFAULT_MAX_BATCH_CHANGES`].
     pub fn new(url: impl Into<String>, dead_letter_path: impl Into<PathBuf>) -> Self {
         Self {
@@ -86,7 +86,7 @@ impl WebhookConfig {
             max_attempts: 8,
             backoff_base_ms: 100,
             backoff_max_ms: 10_000,
-            timeout_ms: 10_000,
+            timeout_ms: 5_000,
             dead_letter_path: dead_letter_path.into(),
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             max_batch_changes: DEFAULT_MAX_BATCH_CHANGES,
@@ -101,7 +101,10 @@ impl WebhookConfig {
         let uri: Uri = self.url.parse().map_err(|e| {
             bad(
                 "url",
-                format!("`{}` is not a URL ({e}); write it as http://host:port/path", self.url),
+                format!(
+                    "`{}` is not a URL ({e}); write it as http://host:port/path",
+                    self.url
+                ),
             )
         })?;
         match uri.scheme_str() {
@@ -119,7 +122,10 @@ impl WebhookConfig {
             _ => {
                 return Err(bad(
                     "url",
-                    format!("`{}` needs the http:// scheme, e.g. http://host:port/path", self.url),
+                    format!(
+                        "`{}` needs the http:// scheme, e.g. http://host:port/path",
+                        self.url
+                    ),
                 ));
             }
         }
@@ -148,7 +154,10 @@ impl WebhookConfig {
             ));
         }
         if self.timeout_ms == 0 {
-            return Err(bad("timeout_ms", "is 0; give each attempt some time, e.g. 10000".into()));
+            return Err(bad(
+                "timeout_ms",
+                "is 0; give each attempt some time, e.g. 10000".into(),
+            ));
         }
         if self.max_batch_bytes == 0 || self.max_batch_changes == 0 {
             return Err(bad(
@@ -358,7 +367,8 @@ impl WebhookSink {
                     Some(c.version),
                 )
             } else {
-                let ids: Vec<&pb::EntryId> = changes[range.clone()].iter().map(|(id, _)| id).collect();
+                let ids: Vec<&pb::EntryId> =
+                    changes[range.clone()].iter().map(|(id, _)| id).collect();
                 (
                     json_array(&objects[range.clone()]),
                     batch_idempotency_key(&ids),
@@ -722,16 +732,21 @@ impl DeadLetters {
             .set_check_integrity_on_open(true)
             .create(&path)
             .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => ReplayError::DeadLetterAlreadyOpen {
-                    path: path.clone(),
-                },
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    ReplayError::DeadLetterAlreadyOpen { path: path.clone() }
+                }
                 e => store_error(&path, "open the file", e),
             })?;
         let store = Self { db, path };
         // Create the tables, so readers never meet a missing one.
-        let txn = store.db.begin_write().map_err(|e| store.err("begin a write", e))?;
-        txn.open_table(LETTERS).map_err(|e| store.err("create its tables", e))?;
-        txn.open_table(BY_ENTRY_ID).map_err(|e| store.err("create its tables", e))?;
+        let txn = store
+            .db
+            .begin_write()
+            .map_err(|e| store.err("begin a write", e))?;
+        txn.open_table(LETTERS)
+            .map_err(|e| store.err("create its tables", e))?;
+        txn.open_table(BY_ENTRY_ID)
+            .map_err(|e| store.err("create its tables", e))?;
         txn.commit().map_err(|e| store.err("commit", e))?;
         let count = store.count()?;
         metrics::gauge!("homeport_webhook_dead_letters").set(count as f64);
@@ -739,15 +754,25 @@ impl DeadLetters {
     }
 
     pub fn count(&self) -> Result<u64, ReplayError> {
-        let txn = self.db.begin_read().map_err(|e| self.err("begin a read", e))?;
-        let table = txn.open_table(LETTERS).map_err(|e| self.err("open its table", e))?;
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.err("begin a read", e))?;
+        let table = txn
+            .open_table(LETTERS)
+            .map_err(|e| self.err("open its table", e))?;
         table.len().map_err(|e| self.err("count", e))
     }
 
     /// The oldest `max_letters` dead letters, oldest first.
     pub fn list(&self, max_letters: usize) -> Result<Vec<DeadLetter>, ReplayError> {
-        let txn = self.db.begin_read().map_err(|e| self.err("begin a read", e))?;
-        let table = txn.open_table(LETTERS).map_err(|e| self.err("open its table", e))?;
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.err("begin a read", e))?;
+        let table = txn
+            .open_table(LETTERS)
+            .map_err(|e| self.err("open its table", e))?;
         let mut out = Vec::new();
         for row in table
             .iter()
@@ -763,9 +788,14 @@ impl DeadLetters {
     /// Adds letters (or updates those already there); returns the count afterwards.
     fn add(&self, letters: Vec<NewLetter>) -> Result<u64, ReplayError> {
         let now_ms = now_unix_ms();
-        let txn = self.db.begin_write().map_err(|e| self.err("begin a write", e))?;
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| self.err("begin a write", e))?;
         let count = {
-            let mut table = txn.open_table(LETTERS).map_err(|e| self.err("open its table", e))?;
+            let mut table = txn
+                .open_table(LETTERS)
+                .map_err(|e| self.err("open its table", e))?;
             let mut by_id = txn
                 .open_table(BY_ENTRY_ID)
                 .map_err(|e| self.err("open its table", e))?;
@@ -818,9 +848,14 @@ impl DeadLetters {
 
     /// Removes the letters at `positions` (absent ones are ignored); returns the count afterwards.
     fn remove(&self, positions: &[u64]) -> Result<u64, ReplayError> {
-        let txn = self.db.begin_write().map_err(|e| self.err("begin a write", e))?;
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| self.err("begin a write", e))?;
         let count = {
-            let mut table = txn.open_table(LETTERS).map_err(|e| self.err("open its table", e))?;
+            let mut table = txn
+                .open_table(LETTERS)
+                .map_err(|e| self.err("open its table", e))?;
             let mut by_id = txn
                 .open_table(BY_ENTRY_ID)
                 .map_err(|e| self.err("open its table", e))?;
@@ -925,7 +960,10 @@ mod tests {
         assert_eq!(backoff_delay_ms(100, 100, 10_000, 0.0), 5_000);
         // No overflow however many failures or however large the base.
         assert_eq!(backoff_delay_ms(u32::MAX, 100, 10_000, 0.0), 5_000);
-        assert_eq!(backoff_delay_ms(64, u64::MAX, u64::MAX, 0.0), u64::MAX / 2 + 1);
+        assert_eq!(
+            backoff_delay_ms(64, u64::MAX, u64::MAX, 0.0),
+            u64::MAX / 2 + 1
+        );
         assert_eq!(backoff_delay_ms(1, 1, 1, 0.9), 1);
     }
 
@@ -936,8 +974,14 @@ mod tests {
         // 2 + 10 + 1 + 10 = 23 fits in 23; the third would need 34.
         assert_eq!(chunk_ranges(&[10, 10, 10], 23, 10), vec![0..2, 2..3]);
         assert_eq!(chunk_ranges(&[10, 10, 10], 22, 10), vec![0..1, 1..2, 2..3]);
-        assert_eq!(chunk_ranges(&[1, 1, 1, 1, 1], 1_000, 2), vec![0..2, 2..4, 4..5]);
-        assert_eq!(chunk_ranges(&[5, 500, 5, 5], 100, 10), vec![0..1, 1..2, 2..4]);
+        assert_eq!(
+            chunk_ranges(&[1, 1, 1, 1, 1], 1_000, 2),
+            vec![0..2, 2..4, 4..5]
+        );
+        assert_eq!(
+            chunk_ranges(&[5, 500, 5, 5], 100, 10),
+            vec![0..1, 1..2, 2..4]
+        );
     }
 
     #[test]

@@ -116,6 +116,9 @@ fn spawn_server(
                 }
                 // Never answers, to test call timeouts.
                 Some(pb::request::Body::Trim(_)) => std::future::pending().await,
+                Some(
+                    pb::request::Body::RegionStatus(_) | pb::request::Body::CheckpointReport(_),
+                ) => pb::response::Body::Error(pb::ErrorResponse::default()),
                 None => unreachable!("serve must not pass requests without a body"),
             };
             pb::Response { body: Some(body) }

@@ -36,10 +36,9 @@ impl DedupWindow {
         if self.capacity_entries == 0 || self.ids.contains(&id) {
             return false;
         }
-        if self.order.len() == self.capacity_entries {
-            if let Some(oldest) = self.order.pop_front() {
-                self.ids.remove(&oldest);
-            }
+        let full = self.order.len() == self.capacity_entries;
+        if let Some(oldest) = full.then(|| self.order.pop_front()).flatten() {
+            self.ids.remove(&oldest);
         }
         self.ids.insert(id.clone());
         self.order.push_back(id);

@@ -440,13 +440,14 @@ impl Producer {
             }
         }
         // Kept until every node answered or the attempt's deadline, only to record node health.
-        if all_answered {
-            if let Some(a) = self.attempts.get(&attempt) {
-                if a.verdict != Verdict::Pending {
-                    self.timers.remove(&(a.deadline, Timer::Attempt(attempt)));
-                    self.attempts.remove(&attempt);
-                }
-            }
+        let judged = self
+            .attempts
+            .get(&attempt)
+            .filter(|a| all_answered && a.verdict != Verdict::Pending)
+            .map(|a| a.deadline);
+        if let Some(deadline) = judged {
+            self.timers.remove(&(deadline, Timer::Attempt(attempt)));
+            self.attempts.remove(&attempt);
         }
     }
 
