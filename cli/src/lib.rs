@@ -4,6 +4,7 @@
 //! own binary target (cargo then builds it before the tests that spawn it).
 
 mod dev;
+mod lag_cmd;
 mod queue_cmd;
 
 use std::path::PathBuf;
@@ -60,6 +61,9 @@ enum Command {
         #[arg(long)]
         region: String,
     },
+    /// Replication lag for every ordered pair of regions (seconds from heartbeats, entries behind,
+    /// apply rate); `--watch` refreshes, `--check --warn S --crit S` exits 0/1/2 for alerting.
+    Lag(lag_cmd::LagArgs),
     /// Operate a region's queue: append test entries, follow it, see its nodes.
     #[command(subcommand)]
     Queue(queue_cmd::QueueCmd),
@@ -184,6 +188,7 @@ async fn async_main() -> std::process::ExitCode {
         })(),
         Command::QueueNode { config, node } => run_queue_node(config, node).await,
         Command::Region { config, region } => run_region(config, region).await,
+        Command::Lag(args) => lag_cmd::run(args).await,
         Command::Queue(cmd) => queue_cmd::run(cmd).await,
     };
     match result {

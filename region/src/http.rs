@@ -46,34 +46,28 @@ fn etag(version: u64) -> HeaderValue {
 }
 
 /// `If-Match: "3"` or `If-Match: 3` → Some(3); `0` means "must not exist yet".
-fn expected_version(headers: &HeaderMap) -> Result<Option<u64>, Response> {
+fn expected_version(headers: &HeaderMap) -> Result<Option<u64>, String> {
     let Some(v) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
     let text = v.to_str().unwrap_or("").trim().trim_matches('"');
     text.parse::<u64>().map(Some).map_err(|_| {
-        problem(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "If-Match must be a record version as returned in ETag (e.g. \"3\", or \"0\" for \
-                 'must not exist'); got {:?}",
-                v.to_str().unwrap_or("<not text>")
-            ),
+        format!(
+            "If-Match must be a record version as returned in ETag (e.g. \"3\", or \"0\" for \
+             'must not exist'); got {:?}",
+            v.to_str().unwrap_or("<not text>")
         )
     })
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
     let Some(v) = headers.get(IDEMPOTENCY_KEY_HEADER) else {
         return Ok(None);
     };
     match v.to_str() {
         Ok(s) if !s.is_empty() && s.len() <= MAX_IDEMPOTENCY_KEY_BYTES => Ok(Some(s.to_owned())),
-        _ => Err(problem(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes of visible ASCII"
-            ),
+        _ => Err(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes of visible ASCII"
         )),
     }
 }
@@ -103,13 +97,9 @@ async fn write(
     headers: &HeaderMap,
     method: &str,
 ) -> Response {
-    let expected = match expected_version(headers) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let idem = match idempotency_key(headers) {
-        Ok(v) => v,
-        Err(r) => return r,
+    let (expected, idem) = match (expected_version(headers), idempotency_key(headers)) {
+        (Ok(e), Ok(i)) => (e, i),
+        (Err(m), _) | (_, Err(m)) => return problem(StatusCode::BAD_REQUEST, m),
     };
     match writes::write(shared, uid, key, op, expected, idem).await {
         Ok(WriteResult::Committed { version }) => {

@@ -180,6 +180,37 @@ async fn space(dir: &std::path::Path, records: u64, value: Bytes) {
         started.elapsed().as_secs_f64() * 1e3,
         store.stats().records
     );
+    drop(store);
+    redb_breakdown(&dir.join("space.redb"), raw_bytes);
+}
+
+/// Where the bytes go, as redb counts them, and what an offline compaction would give back.
+fn redb_breakdown(path: &std::path::Path, raw_bytes: u64) {
+    use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition};
+    const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
+    let mut db = redb::Database::open(path).expect("open for stats");
+    {
+        let txn = db.begin_read().expect("read");
+        let t = txn.open_table(RECORDS).expect("records table");
+        let s = t.stats().expect("stats");
+        println!(
+            "records table: stored {:.1} MB, metadata {:.1} MB, fragmented {:.1} MB, {} leaf pages, \
+             height {}",
+            s.stored_bytes() as f64 / 1e6,
+            s.metadata_bytes() as f64 / 1e6,
+            s.fragmented_bytes() as f64 / 1e6,
+            s.leaf_pages(),
+            s.tree_height()
+        );
+    }
+    db.compact().expect("compact");
+    drop(db);
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "after an offline compaction: file {:.1} MB = {:.2}x raw",
+        size as f64 / 1e6,
+        size as f64 / raw_bytes as f64
+    );
 }
 
 #[tokio::main]

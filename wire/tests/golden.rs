@@ -1,5 +1,5 @@
-//! Golden bytes: every message of queue.proto, with every field set, must encode to exactly the
-//! bytes committed here, and those bytes must decode back to the same value. Regions upgrade one
+//! Golden bytes: every message of every .proto file (see [`PROTO_FILES`]), with every field set,
+//! must encode to exactly the bytes committed here, and those bytes must decode back to the same value. Regions upgrade one
 //! at a time, so a build must read the bytes older builds wrote and vice versa; a failure here
 //! means the encoding changed. Never "fix" a constant unless the change is a deliberate, compatible
 //! addition (and then add a new case rather than editing an old one).
@@ -119,6 +119,107 @@ fn consumer_cursor() -> pb::ConsumerCursor {
     }
 }
 
+fn change() -> pb::Change {
+    pb::Change {
+        uid: "sh-1001".into(),
+        key: "profile".into(),
+        version: 7,
+        value: Bytes::from_static(b"v1"),
+        deleted: false,
+        commit_unix_ms: 1_700_000_000_123,
+        home_region: "sh".into(),
+    }
+}
+
+/// A delete carries no value, so the `deleted` flag gets its own case.
+fn change_delete() -> pb::Change {
+    pb::Change {
+        uid: "sh-1001".into(),
+        key: "profile".into(),
+        version: 8,
+        value: Bytes::new(),
+        deleted: true,
+        commit_unix_ms: 1_700_000_000_456,
+        home_region: "sh".into(),
+    }
+}
+
+fn heartbeat() -> pb::Heartbeat {
+    pb::Heartbeat {
+        region: "sh".into(),
+        sequence: 42,
+        unix_ms: 1_700_000_000_123,
+    }
+}
+
+fn pair_lag() -> pb::PairLag {
+    pb::PairLag {
+        source_region: "sh".into(),
+        destination_region: "hk".into(),
+        has_heartbeat: true,
+        lag_seconds: 1.5,
+        entries_behind: 12,
+        apply_rate_per_sec: 250.25,
+        last_heartbeat_origin_unix_ms: 1_700_000_000_123,
+        // Negative, so the 10-byte varint of a negative int64 is pinned too.
+        clock_offset_ms: -3,
+        applied_changes: 1000,
+        refused_changes: 2,
+        nodes_reachable: 5,
+        nodes_total: 6,
+    }
+}
+
+fn region_status_response() -> pb::RegionStatusResponse {
+    pb::RegionStatusResponse {
+        region: "hk".into(),
+        unix_ms: 1_700_000_000_789,
+        lags: vec![pair_lag()],
+        version: "0.1.0".into(),
+    }
+}
+
+fn checkpoint_report() -> pb::CheckpointReport {
+    pb::CheckpointReport {
+        consumer_region: "hk".into(),
+        incarnation: Bytes::from_static(&INCARNATION),
+        next_offset: 120,
+    }
+}
+
+fn checkpoint_report_response() -> pb::CheckpointReportResponse {
+    pb::CheckpointReportResponse { start_offset: 105 }
+}
+
+fn stored_record() -> pb::StoredRecord {
+    pb::StoredRecord {
+        version: 7,
+        value: Bytes::from_static(b"v1"),
+        deleted: true,
+        home_region: "sh".into(),
+        commit_unix_ms: 1_700_000_000_123,
+    }
+}
+
+fn stored_idempotency() -> pb::StoredIdempotency {
+    pb::StoredIdempotency {
+        version: 7,
+        outbox_seq: 11,
+        created_unix_ms: 1_700_000_000_123,
+        request_hash: Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef]),
+    }
+}
+
+fn stored_checkpoint() -> pb::StoredCheckpoint {
+    pb::StoredCheckpoint {
+        cursor: Some(consumer_cursor()),
+        has_heartbeat: true,
+        heartbeat_unix_ms: 1_700_000_000_123,
+        applied_entries: 300,
+        updated_unix_ms: 1_700_000_000_456,
+    }
+}
+
 fn req(body: pb::request::Body) -> pb::Request {
     pb::Request {
         protocol_version: 1,
@@ -137,6 +238,8 @@ fn request_variant(body: &pb::request::Body) -> &'static str {
         pb::request::Body::Read(_) => "read",
         pb::request::Body::Status(_) => "status",
         pb::request::Body::Trim(_) => "trim",
+        pb::request::Body::RegionStatus(_) => "region_status",
+        pb::request::Body::CheckpointReport(_) => "checkpoint_report",
     }
 }
 
@@ -148,6 +251,8 @@ fn response_variant(body: &pb::response::Body) -> &'static str {
         pb::response::Body::Status(_) => "status",
         pb::response::Body::Trim(_) => "trim",
         pb::response::Body::Error(_) => "error",
+        pb::response::Body::RegionStatus(_) => "region_status",
+        pb::response::Body::CheckpointReport(_) => "checkpoint_report",
     }
 }
 
@@ -176,9 +281,43 @@ impl Golden {
     }
 }
 
-fn proto_text() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/proto/homeport/v1/queue.proto");
-    std::fs::read_to_string(path).unwrap()
+/// Every .proto file whose messages must have golden bytes here. The test fails when the proto
+/// directory holds a file this list does not name, so a new file cannot slip past.
+const PROTO_FILES: [&str; 3] = ["change.proto", "queue.proto", "store.proto"];
+
+fn proto_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto/homeport/v1")
+}
+
+/// The names of the messages `file` declares (nested ones included).
+fn declared_messages(file: &str) -> BTreeSet<String> {
+    let path = proto_dir().join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("message "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(|name| name.trim_end_matches('{').to_string())
+        .collect()
+}
+
+#[test]
+fn the_covered_proto_files_are_all_there_are() {
+    let found: BTreeSet<String> = std::fs::read_dir(proto_dir())
+        .expect("proto dir")
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|name| name.ends_with(".proto"))
+        .collect();
+    let covered: BTreeSet<String> = PROTO_FILES.iter().map(|f| f.to_string()).collect();
+    assert_eq!(
+        found, covered,
+        "add the new .proto file to PROTO_FILES and golden bytes for its messages"
+    );
 }
 
 #[test]
@@ -223,6 +362,30 @@ fn every_message_matches_its_golden_bytes() {
         "0a0773682d67312d611210000102030405060708090a0b0c0d0e0f1809",
     );
 
+    // change.proto
+    g.check(
+        change(),
+        "0a0773682d31303031120770726f66696c6518072202763130fbd095ffbc313a027368",
+    );
+    g.check(
+        change_delete(),
+        "0a0773682d31303031120770726f66696c651808280130c8d395ffbc313a027368",
+    );
+    g.check(heartbeat(), "0a027368102a18fbd095ffbc31");
+    g.check(pb::RegionStatusRequest {}, "");
+    g.check(pair_lag(), "0a0273681202686b180121000000000000f83f280c310000000000486f4038fbd095ffbc3140fdffffffffffffffff0148e807500258056006");
+    g.check(region_status_response(), "0a02686b1095d695ffbc311a390a0273681202686b180121000000000000f83f280c310000000000486f4038fbd095ffbc3140fdffffffffffffffff0148e8075002580560062205302e312e30");
+    g.check(
+        checkpoint_report(),
+        "0a02686b1210000102030405060708090a0b0c0d0e0f1878",
+    );
+    g.check(checkpoint_report_response(), "0869");
+
+    // store.proto
+    g.check(stored_record(), "08071202763118012202736828fbd095ffbc31");
+    g.check(stored_idempotency(), "0807100b18fbd095ffbc312204deadbeef");
+    g.check(stored_checkpoint(), "0a3e0a1d0a0773682d67312d611210000102030405060708090a0b0c0d0e0f18090a1d0a0773682d67312d621210000102030405060708090a0b0c0d0e0f1804100118fbd095ffbc3120ac0228c8d395ffbc31");
+
     let mut request_variants = BTreeSet::new();
     for (body, hex) in [
         (
@@ -235,6 +398,14 @@ fn every_message_matches_its_golden_bytes() {
         ),
         (pb::request::Body::Status(pb::StatusRequest {}), "08012200"),
         (pb::request::Body::Trim(trim_request()), "08012a020805"),
+        (
+            pb::request::Body::RegionStatus(pb::RegionStatusRequest {}),
+            "08013200",
+        ),
+        (
+            pb::request::Body::CheckpointReport(checkpoint_report()),
+            "08013a180a02686b1210000102030405060708090a0b0c0d0e0f1878",
+        ),
     ] {
         request_variants.insert(request_variant(&body));
         g.check(req(body), hex);
@@ -258,6 +429,14 @@ fn every_message_matches_its_golden_bytes() {
             pb::response::Body::Error(error_response()),
             "7a080807120462757379",
         ),
+        (
+            pb::response::Body::RegionStatus(region_status_response()),
+            "2a4d0a02686b1095d695ffbc311a390a0273681202686b180121000000000000f83f280c310000000000486f4038fbd095ffbc3140fdffffffffffffffff0148e8075002580560062205302e312e30",
+        ),
+        (
+            pb::response::Body::CheckpointReport(checkpoint_report_response()),
+            "32020869",
+        ),
     ] {
         response_variants.insert(response_variant(&body));
         g.check(resp(body), hex);
@@ -270,27 +449,24 @@ fn every_message_matches_its_golden_bytes() {
     );
     assert_eq!(
         request_variants.len(),
-        4,
+        6,
         "every request type needs golden bytes"
     );
     assert_eq!(
         response_variants.len(),
-        5,
+        7,
         "every response type needs golden bytes"
     );
 
-    let declared: BTreeSet<String> = proto_text()
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("message "))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .map(str::to_string)
-        .collect();
-    assert!(!declared.is_empty(), "no messages found in queue.proto");
-    let missing: Vec<_> = declared.difference(&g.messages).collect();
-    assert!(
-        missing.is_empty(),
-        "messages in queue.proto without golden bytes: {missing:?}"
-    );
+    for file in PROTO_FILES {
+        let declared = declared_messages(file);
+        assert!(!declared.is_empty(), "no messages found in {file}");
+        let missing: Vec<_> = declared.difference(&g.messages).collect();
+        assert!(
+            missing.is_empty(),
+            "messages in {file} without golden bytes: {missing:?}"
+        );
+    }
 }
 
 #[test]
@@ -352,10 +528,10 @@ fn bytes_from_a_future_version_decode_and_keep_known_fields() {
     // 4, sent as a varint) is an incompatible change and must be refused, not misread.
     assert!(pb::Entry::decode(&[0x20, 0x05][..]).is_err());
 
-    // A request type added by a newer version (oneof field 6) decodes with no body, which
-    // `serve` answers with BAD_REQUEST instead of misreading it.
+    // A request type added by a newer version (oneof field 99; fields 6 and 7 are taken since)
+    // decodes with no body, which `serve` answers with BAD_REQUEST instead of misreading it.
     let mut future_request = vec![0x08, 0x01];
-    future_request.extend_from_slice(&[0x32, 0x02, 0x08, 0x01]); // field 6, message {1: 1}
+    future_request.extend_from_slice(&[0x9a, 0x06, 0x02, 0x08, 0x01]); // field 99, message {1: 1}
     let decoded = pb::Request::decode(&future_request[..]).unwrap();
     assert_eq!(decoded.protocol_version, 1);
     assert_eq!(decoded.body, None);
