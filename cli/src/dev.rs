@@ -1,9 +1,10 @@
 //! `homeport dev`: a whole local three-region deployment from embedded defaults, no set-up.
 //!
-//! Writes the deployment file and certificates under `--dir`, runs every queue node as a child
-//! process (real processes, so `kill -9` of one behaves as in production), and, unless
-//! `--no-traffic`, has each region append a test entry every heartbeat interval while every other
-//! region consumes it, printing the per-pair delay.
+//! Writes the deployment file and certificates under `--dir`, runs every queue node and every
+//! region process as a child process (real processes, so `kill -9` of one behaves as in
+//! production), and prints the replication lag table every few seconds (heartbeats flow between
+//! regions even while nobody writes). For a config without region processes, it instead has each
+//! region append a test entry every heartbeat interval while every other region consumes it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -75,26 +76,74 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let logs = args.dir.join("logs");
     std::fs::create_dir_all(&logs)?;
 
-    let mut children = spawn_nodes(&d, &config_path, &logs)?;
+    let exe = std::env::current_exe().context("finding the homeport executable")?;
+    let mut children = Vec::new();
+    for n in d.nodes() {
+        let args = [
+            "queue-node",
+            "--config",
+            &config_path.display().to_string(),
+            "--node",
+            &n.node.id,
+        ];
+        children.push((
+            n.node.id.clone(),
+            spawn(&exe, &args, &logs.join(format!("{}.log", n.node.id)))?,
+        ));
+    }
     let endpoint = client::client_endpoint(&d, homeport_config::OPERATOR_IDENTITY)?;
     wait_for_nodes(&d, &endpoint, &mut children, &logs).await?;
+    let regions: Vec<String> = d
+        .regions
+        .iter()
+        .filter(|r| r.process.is_some())
+        .map(|r| r.name.clone())
+        .collect();
+    for r in &regions {
+        let name = homeport_config::region_identity(r);
+        let args = [
+            "region",
+            "--config",
+            &config_path.display().to_string(),
+            "--region",
+            r,
+        ];
+        children.push((
+            name.clone(),
+            spawn(&exe, &args, &logs.join(format!("{name}.log")))?,
+        ));
+    }
 
     let cfg = config_path.display();
     println!(
-        "homeport dev: {} queue nodes up in regions {}",
-        children.len(),
+        "homeport dev: {} queue nodes and {} region processes in regions {}",
+        d.nodes().count(),
+        regions.len(),
         d.region_names().join(", ")
     );
     println!("  config: {cfg}    logs: {}", logs.display());
-    println!("  try:    homeport queue status --config {cfg} --region sh");
-    println!("          homeport queue append --config {cfg} --region hk --count 10");
+    println!("  try:    homeport lag          --config {cfg} --watch");
+    println!("          homeport queue status --config {cfg} --region sh");
     println!("          homeport queue tail   --config {cfg} --region hk --follow");
+    for (name, p) in d
+        .regions
+        .iter()
+        .filter_map(|r| r.process.as_ref().map(|p| (&r.name, p)))
+    {
+        println!(
+            "          curl -X PUT --data hello http://{}/v1/users/{name}-1001/records/greeting",
+            p.api_addr
+        );
+    }
 
-    let traffic = if args.no_traffic {
+    // Queue-only deployments get test entries; with region processes, heartbeats already flow.
+    let traffic = if args.no_traffic || !regions.is_empty() {
         None
     } else {
         Some(start_traffic(&d)?)
     };
+    let thresholds =
+        homeport_replay::lag::LagThresholds::new(5.0, 30.0).map_err(|e| anyhow::anyhow!("{e}"))?;
     let stop = async {
         match args.duration_secs {
             Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
@@ -109,9 +158,13 @@ pub async fn run(args: DevArgs) -> Result<()> {
             _ = &mut stop => break,
             _ = report.tick() => {
                 if let Some(t) = &traffic { t.print(); }
+                if !regions.is_empty() {
+                    let rows = crate::lag_cmd::collect(&d, &endpoint, None).await;
+                    crate::lag_cmd::print(&rows, &thresholds, false);
+                }
                 for (id, child) in children.iter_mut() {
                     if let Ok(Some(status)) = child.try_wait() {
-                        bail!("queue node {id} exited ({status}); see {}", logs.join(format!("{id}.log")).display());
+                        bail!("{id} exited ({status}); see {}", logs.join(format!("{id}.log")).display());
                     }
                 }
             }
@@ -120,7 +173,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     if let Some(t) = &traffic {
         t.print();
     }
-    println!("stopping {} nodes", children.len());
+    println!("stopping {} processes", children.len());
     for (_, mut c) in children {
         let _ = c.start_kill();
         let _ = c.wait().await;
@@ -128,27 +181,16 @@ pub async fn run(args: DevArgs) -> Result<()> {
     Ok(())
 }
 
-fn spawn_nodes(d: &Deployment, config: &Path, logs: &Path) -> Result<Vec<(String, Child)>> {
-    let exe = std::env::current_exe().context("finding the homeport executable")?;
-    let mut children = Vec::new();
-    for n in d.nodes() {
-        let log_path = logs.join(format!("{}.log", n.node.id));
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
-        let child = Command::new(&exe)
-            .arg("queue-node")
-            .arg("--config")
-            .arg(config)
-            .arg("--node")
-            .arg(&n.node.id)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting queue node {}", n.node.id))?;
-        children.push((n.node.id.clone(), child));
-    }
-    Ok(children)
+fn spawn(exe: &Path, args: &[&str], log_path: &Path) -> Result<Child> {
+    let log = std::fs::File::create(log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    Command::new(exe)
+        .args(args)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting `homeport {}`", args.join(" ")))
 }
 
 async fn wait_for_nodes(

@@ -43,7 +43,7 @@ pub struct LagArgs {
     crit: f64,
 }
 
-struct Row {
+pub(crate) struct Row {
     destination: String,
     lag: Option<pb::PairLag>,
     error: Option<String>,
@@ -78,7 +78,11 @@ pub async fn run(args: LagArgs) -> Result<()> {
     }
 }
 
-async fn collect(d: &Deployment, endpoint: &quinn::Endpoint, only: Option<&str>) -> Vec<Row> {
+pub(crate) async fn collect(
+    d: &Deployment,
+    endpoint: &quinn::Endpoint,
+    only: Option<&str>,
+) -> Vec<Row> {
     let mut rows = Vec::new();
     for r in d
         .regions
@@ -126,7 +130,7 @@ async fn collect(d: &Deployment, endpoint: &quinn::Endpoint, only: Option<&str>)
 }
 
 /// Prints the rows; returns the worst status (an unreachable region counts as unknown).
-fn print(rows: &[Row], t: &LagThresholds, json: bool) -> LagStatus {
+pub(crate) fn print(rows: &[Row], t: &LagThresholds, json: bool) -> LagStatus {
     let mut worst = LagStatus::Ok;
     let mut out = Vec::new();
     if !json {

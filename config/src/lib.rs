@@ -382,7 +382,8 @@ pub struct ReplaySettings {
     /// How often the outbox is scanned for changes a crash left unshipped.
     pub outbox_scan_interval_ms: u64,
     /// An outbox entry younger than this is presumably still being appended by its writer, so
-    /// the shipper leaves it alone.
+    /// the shipper leaves it alone. Default above `append_timeout_ms`: a shorter age only costs
+    /// duplicate shipments (same entry id), never loss.
     pub outbox_min_age_ms: u64,
 }
 
@@ -396,7 +397,7 @@ impl Default for ReplaySettings {
             checkpoint_report_interval_ms: 5_000,
             status_interval_ms: 1_000,
             outbox_scan_interval_ms: 1_000,
-            outbox_min_age_ms: 2_000,
+            outbox_min_age_ms: 6_000,
         }
     }
 }

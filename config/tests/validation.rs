@@ -934,7 +934,7 @@ fn store_replay_homes_and_region_processes_are_optional() {
     assert_eq!(replay.checkpoint_report_interval_ms, 5000);
     assert_eq!(replay.status_interval_ms, 1000);
     assert_eq!(replay.outbox_scan_interval_ms, 1000);
-    assert_eq!(replay.outbox_min_age_ms, 2000);
+    assert_eq!(replay.outbox_min_age_ms, 6000);
     assert_eq!(HomeRule::UidPrefix.to_string(), "uid-prefix");
 }
 

@@ -38,7 +38,7 @@ struct Node {
     as_hk: NodeClient,
     as_ca: NodeClient,
     as_operator: NodeClient,
-    /// The endpoints must outlive their clients.
+    /// Kept so the clients' endpoints outlive them; `[0]` has sh's certificate.
     endpoints: Vec<quinn::Endpoint>,
 }
 
@@ -62,7 +62,7 @@ async fn start_node() -> Result<Node> {
         as_hk,
         as_ca,
         as_operator,
-        endpoints: endpoints,
+        endpoints,
     })
 }
 

@@ -43,7 +43,8 @@ impl LagBook {
                 (
                     r.name.clone(),
                     SourceState {
-                        tracker: PairTracker::new(&r.name, region, now),
+                        tracker: PairTracker::new(&r.name, region, now)
+                            .with_heartbeat_interval_ms(deployment.queue.heartbeat_interval_ms),
                         clock: ClockEstimator::new(lagmath::CLOCK_SAMPLE_WINDOW),
                         nodes: HashMap::new(),
                     },
@@ -83,6 +84,15 @@ impl LagBook {
             s.tracker
                 .record_backlog(lagmath::backlog(s.nodes.values().map(Vec::as_slice)));
         });
+    }
+
+    /// Source clock minus this region's clock, as estimated so far (0 until measured).
+    pub(crate) fn clock_offset_ms(&self, source: &str) -> i64 {
+        let sources = self.sources.lock().expect("lag lock poisoned");
+        sources
+            .get(source)
+            .and_then(|s| s.clock.estimate())
+            .map_or(0, |c| c.offset_ms)
     }
 
     fn record_clock(&self, source: &str, sample: ClockSample) {

@@ -85,6 +85,14 @@ pub(crate) async fn run_source(
                 }
             }
         };
+        let now_ms = homeport_queue::entry::now_unix_ms();
+        let offset_ms = shared.lag.clock_offset_ms(&source);
+        for c in &apply.changes {
+            // Home's commit time moved to this region's clock: commit-to-applied delay.
+            let delay_ms = now_ms as i64 + offset_ms - c.commit_unix_ms as i64;
+            metrics::histogram!("homeport_replay_apply_delay_seconds", "source" => source.clone())
+                .record(delay_ms.max(0) as f64 / 1_000.0);
+        }
         shared.lag.record_applied(
             &source,
             homeport_queue::entry::now_unix_ms(),

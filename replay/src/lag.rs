@@ -125,7 +125,7 @@ impl ClockEstimator {
     }
 }
 
-/// Seconds the destination is behind: `now − (heartbeat origin time moved to the local clock)`.
+/// Seconds from a heartbeat's origin (moved to the local clock) to `now_ms`.
 ///
 /// `clock_offset_ms` is source minus destination. Never negative: a small negative value only
 /// means the offset estimate erred by less than its bound.
@@ -229,6 +229,11 @@ pub struct PairTracker {
     source: String,
     destination: String,
     newest_heartbeat_origin_ms: Option<u64>,
+    /// Destination clock when the newest heartbeat was applied.
+    newest_heartbeat_applied_ms: u64,
+    /// The source's heartbeat period: between two heartbeats the newest one ages by up to this
+    /// much without anything being late.
+    heartbeat_interval_ms: u64,
     applied_changes: u64,
     refused_changes: u64,
     rate: ApplyRate,
@@ -241,11 +246,20 @@ impl PairTracker {
             source: source.to_owned(),
             destination: destination.to_owned(),
             newest_heartbeat_origin_ms: None,
+            newest_heartbeat_applied_ms: 0,
+            heartbeat_interval_ms: 0,
             applied_changes: 0,
             refused_changes: 0,
             rate: ApplyRate::new(now_ms),
             backlog: Backlog::default(),
         }
+    }
+
+    /// Tells the tracker the source's heartbeat period, so a healthy pair shows its real delivery
+    /// delay rather than the age of the newest heartbeat (which saw-tooths up to one period).
+    pub fn with_heartbeat_interval_ms(mut self, heartbeat_interval_ms: u64) -> Self {
+        self.heartbeat_interval_ms = heartbeat_interval_ms;
+        self
     }
 
     /// After a batch was durably applied: `entries` queue entries taken in (all kinds),
@@ -263,8 +277,10 @@ impl PairTracker {
         self.refused_changes = self.refused_changes.saturating_add(refused_changes);
         if let Some(h) = heartbeat_unix_ms {
             // Groups deliver independently: an older heartbeat may arrive after a newer one.
-            self.newest_heartbeat_origin_ms =
-                Some(self.newest_heartbeat_origin_ms.map_or(h, |old| old.max(h)));
+            if self.newest_heartbeat_origin_ms.is_none_or(|old| h > old) {
+                self.newest_heartbeat_origin_ms = Some(h);
+                self.newest_heartbeat_applied_ms = now_ms;
+            }
         }
     }
 
@@ -277,7 +293,14 @@ impl PairTracker {
     pub fn snapshot(&self, now_ms: u64, clock: Option<ClockEstimate>) -> pb::PairLag {
         let offset_ms = clock.map_or(0, |c| c.offset_ms);
         let (has_heartbeat, lag, origin) = match self.newest_heartbeat_origin_ms {
-            Some(h) => (true, lag_seconds(now_ms, h, offset_ms), h),
+            Some(h) => {
+                // How late the newest heartbeat was when applied, or, once the next one is
+                // overdue, how overdue: a stalled pair's lag grows from one period on.
+                let delivered = lag_seconds(self.newest_heartbeat_applied_ms, h, offset_ms);
+                let overdue =
+                    lag_seconds(now_ms, h, offset_ms) - self.heartbeat_interval_ms as f64 / 1_000.0;
+                (true, delivered.max(overdue), h)
+            }
             None => (false, 0.0, 0),
         };
         pb::PairLag {
@@ -569,6 +592,23 @@ mod tests {
                 nodes_total: 9,
             }
         );
+    }
+
+    #[test]
+    fn healthy_pair_shows_delivery_delay_and_a_stalled_one_grows_after_one_period() {
+        let mut t = PairTracker::new("sh", "hk", 1_000_000).with_heartbeat_interval_ms(1_000);
+        // Heartbeat from 1_000_000 applied 40 ms later.
+        t.record_applied(1_000_040, 1, 0, 0, Some(1_000_000));
+        // 900 ms later, before the next heartbeat is due: still the delivery delay.
+        assert_eq!(t.snapshot(1_000_900, None).lag_seconds, 0.04);
+        // Nothing for 3.5 s: overdue by 2.5 s.
+        assert_eq!(t.snapshot(1_003_500, None).lag_seconds, 2.5);
+        // An older heartbeat arriving late changes nothing.
+        t.record_applied(1_003_600, 1, 0, 0, Some(999_000));
+        assert_eq!(t.snapshot(1_003_600, None).lag_seconds, 2.6);
+        // The next one arrives: back to its delivery delay.
+        t.record_applied(1_003_700, 1, 0, 0, Some(1_003_650));
+        assert_eq!(t.snapshot(1_003_800, None).lag_seconds, 0.05);
     }
 
     #[test]

@@ -42,6 +42,9 @@ impl HomeResolver for PrefixHomeRule {
 pub struct PlannedBatch {
     /// Changes to apply, in queue order (the store applies each only if its version is newer).
     pub changes: Vec<pb::Change>,
+    /// The entry id of each change in `changes`, at the same index (an external sink's
+    /// idempotency key).
+    pub change_ids: Vec<pb::EntryId>,
     /// Origin time of the newest heartbeat in the batch (the source's clock, ms since the epoch).
     pub heartbeat_unix_ms: Option<u64>,
     pub refused: Vec<Refusal>,
@@ -103,6 +106,7 @@ pub fn plan_batch(
                     && change.home_region == source_region
                     && id.origin_region == source_region;
                 if accepted {
+                    out.change_ids.push(id.clone());
                     out.changes.push(change);
                 } else {
                     out.refused.push(Refusal {
@@ -139,6 +143,7 @@ pub fn plan_batch(
             Err(_) => out.unknown_kinds += 1,
         }
     }
+    debug_assert_eq!(out.changes.len(), out.change_ids.len());
     debug_assert_eq!(
         out.changes.len() as u64
             + out.refused.len() as u64
