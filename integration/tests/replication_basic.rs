@@ -270,5 +270,15 @@ async fn writes_at_home_replicate_with_versions_tombstones_redirects_and_idempot
         digest["records"] == 5,
         "expected 5 rows (4 records of sh-1001 with one tombstone, 1 of hk-2002): {digest}"
     );
+    // The regions really talked through the emulated WAN, in every direction.
+    for a in REGIONS {
+        for b in REGIONS.iter().filter(|b| **b != a) {
+            let stats = wan.stats(a, b);
+            ensure!(
+                stats.datagrams_forwarded > 0,
+                "no datagram went {a} -> {b} through the WAN: {stats:?}"
+            );
+        }
+    }
     Ok(())
 }

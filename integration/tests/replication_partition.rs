@@ -120,6 +120,19 @@ async fn partitioned_region_falls_behind_then_catches_up() -> Result<()> {
         .await?;
         peak = peak.max(lag);
     }
+    // ...and shows sh's queue nodes as unreachable rather than as they were before the cut.
+    let during = eventually(
+        "ca to see sh's queue nodes as unreachable",
+        WAIT_MS,
+        || async {
+            let row = api.lag("ca", "sh").await.map_err(|e| format!("{e:#}"))?;
+            match (row["nodes_reachable"].as_u64(), row["nodes_total"].as_u64()) {
+                (Some(up), Some(all)) if all > 0 && up < all => Ok(row),
+                _ => Err(row.to_string()),
+            }
+        },
+    )
+    .await?;
     // The partition is real: ca has none of what was written meanwhile.
     for (uid, key) in [("sh-1", "during"), ("hk-1", "during")] {
         let r = api.get("ca", uid, key).await?;
@@ -132,6 +145,14 @@ async fn partitioned_region_falls_behind_then_catches_up() -> Result<()> {
         done.load(Ordering::SeqCst) > 0,
         "sh and hk should have taken writes during the partition"
     );
+
+    for other in ["sh", "hk"] {
+        let stats = wan.stats(other, "ca");
+        ensure!(
+            stats.dropped_partition > 0,
+            "the partition should have dropped datagrams {other} -> ca: {stats:?}"
+        );
+    }
 
     stop.store(true, Ordering::SeqCst);
     let mut written = 0;
@@ -167,6 +188,7 @@ async fn partitioned_region_falls_behind_then_catches_up() -> Result<()> {
         )
         .await?;
     }
+    eprintln!("ca's lag row for sh during the partition: {during}");
     eprintln!(
         "partition: {written} writes at sh and hk while ca was cut off; ca's lag peaked at {peak:.1} s"
     );

@@ -14,6 +14,10 @@ use crate::Shared;
 /// Backoff between retries of a store apply that failed (e.g. the store is busy): the same batch
 /// is retried until it applies, never skipped.
 const APPLY_RETRY_BACKOFF_MS: u64 = 200;
+/// How often the lag table's view of the source's queue nodes is refreshed between batches: a
+/// cut-off source delivers no batch at all, and its nodes must still show as unreachable (and
+/// its backlog as unknown) in `/v1/status` rather than as they were before the cut.
+const NODE_STATE_REFRESH_MS: u64 = 500;
 
 pub(crate) async fn run_source(
     shared: Arc<Shared>,
@@ -45,9 +49,16 @@ pub(crate) async fn run_source(
     opts.max_retry_backoff_ms = replay.max_retry_backoff_ms;
     let mut consumer = RegionConsumer::start(&shared.deployment, &source, &endpoint, cursors, opts);
     tracing::info!(region = %shared.region, %source, "replay worker started");
+    let mut refresh = tokio::time::interval(Duration::from_millis(NODE_STATE_REFRESH_MS));
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let batch = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
+            _ = refresh.tick() => {
+                shared.lag.record_nodes(&source, consumer.node_states());
+                continue;
+            }
+            // Cancel-safe: an mpsc receive.
             b = consumer.next_batch() => b,
         };
         let Some(batch) = batch else {

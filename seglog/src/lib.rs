@@ -344,18 +344,34 @@ fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, LogError> {
             path: path.clone(),
             source,
         })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::Locked {
-            dir: dir.to_owned(),
-        }),
-        Err(std::fs::TryLockError::Error(source)) => Err(LogError::Io {
-            op: "lock",
-            path,
-            source,
-        }),
+    // A log of this process that was just dropped releases the lock when its writer thread
+    // notices, moments later; another live process holds it for good.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(LOCK_WAIT_MS);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(LOCK_RETRY_MS));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(LogError::Locked {
+                    dir: dir.to_owned(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(LogError::Io {
+                    op: "lock",
+                    path,
+                    source,
+                });
+            }
+        }
     }
 }
+
+/// How long `open` waits for a log directory's lock before reporting it in use.
+const LOCK_WAIT_MS: u64 = 2_000;
+const LOCK_RETRY_MS: u64 = 10;
 
 pub fn open(cfg: LogConfig) -> Result<(Log, RecoveryReport), LogError> {
     cfg.validate()?;
