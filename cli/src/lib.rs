@@ -3,6 +3,7 @@
 //! Everything lives in this library so the `integration` crate can build the same program as its
 //! own binary target (cargo then builds it before the tests that spawn it).
 
+mod admin_cmd;
 mod dev;
 mod lag_cmd;
 mod queue_cmd;
@@ -64,6 +65,9 @@ enum Command {
     /// Replication lag for every ordered pair of regions (seconds from heartbeats, entries behind,
     /// apply rate); `--watch` refreshes, `--check --warn S --crit S` exits 0/1/2 for alerting.
     Lag(lag_cmd::LagArgs),
+    /// The webhook sink's dead letters: list them, or send them again.
+    #[command(subcommand)]
+    DeadLetters(admin_cmd::DeadLettersCmd),
     /// Operate a region's queue: append test entries, follow it, see its nodes.
     #[command(subcommand)]
     Queue(queue_cmd::QueueCmd),
@@ -189,6 +193,7 @@ async fn async_main() -> std::process::ExitCode {
         Command::QueueNode { config, node } => run_queue_node(config, node).await,
         Command::Region { config, region } => run_region(config, region).await,
         Command::Lag(args) => lag_cmd::run(args).await,
+        Command::DeadLetters(cmd) => admin_cmd::run(cmd).await,
         Command::Queue(cmd) => queue_cmd::run(cmd).await,
     };
     match result {

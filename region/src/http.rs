@@ -32,6 +32,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(get_record).put(put_record).delete(delete_record),
         )
         .route("/v1/digest", get(digest))
+        .route("/v1/admin/dead-letters", get(dead_letters))
+        .route(
+            "/v1/admin/dead-letters/redrive",
+            axum::routing::post(redrive_dead_letters),
+        )
         .route("/v1/status", get(status))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(shared)
@@ -272,4 +277,60 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
         "lags": lags.iter().map(crate::lag::pair_lag_json).collect::<Vec<_>>(),
     }))
     .into_response()
+}
+
+fn no_webhook(shared: &Shared) -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        format!(
+            "region {} delivers to its store, not a webhook, so it has no dead letters",
+            shared.region
+        ),
+    )
+}
+
+/// The oldest dead letters of the webhook sink (changes it gave up on), for an operator.
+async fn dead_letters(State(shared): State<Arc<Shared>>) -> Response {
+    let Some(sink) = &shared.webhook else {
+        return no_webhook(&shared);
+    };
+    let listed = sink
+        .dead_letters()
+        .and_then(|l| Ok((sink.dead_letter_count()?, l)));
+    match listed {
+        Ok((count, letters)) => axum::Json(json!({
+            "region": shared.region,
+            "count": count,
+            "letters": letters.iter().map(|l| json!({
+                "position": l.position,
+                "entry_id": l.idempotency_key(),
+                "uid": l.change.uid,
+                "key": l.change.key,
+                "version": l.change.version,
+                "deleted": l.change.deleted,
+                "attempts": l.attempts,
+                "last_error": l.last_error,
+                "dead_lettered_unix_ms": l.dead_lettered_unix_ms,
+            })).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Sends the oldest dead letters again; those delivered leave the store.
+async fn redrive_dead_letters(State(shared): State<Arc<Shared>>) -> Response {
+    let Some(sink) = &shared.webhook else {
+        return no_webhook(&shared);
+    };
+    match sink.redrive().await {
+        Ok(r) => axum::Json(json!({
+            "region": shared.region,
+            "delivered": r.delivered,
+            "still_failing": r.still_failing,
+            "remaining": r.remaining,
+        }))
+        .into_response(),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }

@@ -27,9 +27,13 @@ struct SourceState {
     nodes: HashMap<String, Vec<NodeState>>,
 }
 
-/// Lag of every other region into this one.
+/// Lag of every other region into this one, and the latest lag tables other regions reported.
 pub struct LagBook {
     sources: Mutex<HashMap<String, SourceState>>,
+    /// Per other region: when its status arrived (local ms) and its rows (pairs into it).
+    peers: Mutex<HashMap<String, (u64, Vec<pb::PairLag>)>>,
+    /// Ordered pairs of regions in the deployment.
+    pairs_total: usize,
 }
 
 impl LagBook {
@@ -51,9 +55,36 @@ impl LagBook {
                 )
             })
             .collect();
+        let n = deployment.regions.len();
         Self {
             sources: Mutex::new(sources),
+            peers: Mutex::new(HashMap::new()),
+            pairs_total: n * n.saturating_sub(1),
         }
+    }
+
+    fn record_peer(&self, region: &str, now_ms: u64, rows: Vec<pb::PairLag>) {
+        self.peers
+            .lock()
+            .expect("lag lock poisoned")
+            .insert(region.to_owned(), (now_ms, rows));
+    }
+
+    /// An origin time every region has applied heartbeats past, from every other region: the
+    /// minimum over all ordered pairs of the newest applied heartbeat. `None` unless every pair
+    /// has reported, with statuses no older than `max_age_ms` (safe default: purge nothing).
+    pub(crate) fn passed_by_all(&self, now_ms: u64, max_age_ms: u64) -> Option<u64> {
+        let mut rows = self.table(now_ms);
+        for (received_ms, peer_rows) in self.peers.lock().expect("lag lock poisoned").values() {
+            if now_ms.saturating_sub(*received_ms) > max_age_ms {
+                return None;
+            }
+            rows.extend(peer_rows.iter().cloned());
+        }
+        if rows.len() < self.pairs_total || rows.iter().any(|r| !r.has_heartbeat) {
+            return None;
+        }
+        rows.iter().map(|r| r.last_heartbeat_origin_unix_ms).min()
     }
 
     fn with_source(&self, source: &str, f: impl FnOnce(&mut SourceState)) {
@@ -190,6 +221,7 @@ pub(crate) async fn sampler(
                         remote_ms: s.unix_ms,
                         received_local_ms,
                     },
+                    s.lags,
                 )),
                 Ok(_) => None,
                 Err(e) => {
@@ -198,12 +230,13 @@ pub(crate) async fn sampler(
                 }
             }
         });
-        for (name, sample) in futures::future::join_all(rounds)
+        for (name, sample, rows) in futures::future::join_all(rounds)
             .await
             .into_iter()
             .flatten()
         {
             shared.lag.record_clock(name, sample);
+            shared.lag.record_peer(name, sample.received_local_ms, rows);
         }
         shared.lag_table();
     }

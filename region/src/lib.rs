@@ -10,6 +10,7 @@
 //! - the region's QUIC endpoint answers `RegionStatus` (used by `homeport lag` and other regions).
 
 mod http;
+mod janitor;
 pub mod lag;
 mod outbox;
 mod replay;
@@ -69,6 +70,8 @@ pub(crate) struct Shared {
     pub homes: Arc<dyn HomeResolver>,
     pub outbox_done: mpsc::Sender<u64>,
     pub lag: lag::LagBook,
+    /// Where other regions' changes go when the config names a webhook instead of the store.
+    pub webhook: Option<homeport_replay::webhook::WebhookSink>,
     shutting_down: AtomicBool,
 }
 
@@ -178,6 +181,31 @@ pub async fn start(
             .map(|s| s.to_string())
             .collect(),
     ));
+    let webhook = match &cfg_region.sink {
+        homeport_config::SinkConfig::Store => None,
+        homeport_config::SinkConfig::Webhook(w) => {
+            let cfg = homeport_replay::webhook::WebhookConfig {
+                url: w.url.clone(),
+                per_change: w.per_change,
+                max_attempts: w.max_attempts,
+                backoff_base_ms: w.backoff_base_ms,
+                backoff_max_ms: w.backoff_max_ms,
+                timeout_ms: w.timeout_ms,
+                ..homeport_replay::webhook::WebhookConfig::new(
+                    w.url.clone(),
+                    process.dead_letters_path(),
+                )
+            };
+            Some(
+                homeport_replay::webhook::WebhookSink::new(cfg).map_err(|e| {
+                    RegionError::Other {
+                        region: region.to_owned(),
+                        message: e.to_string(),
+                    }
+                })?,
+            )
+        }
+    };
     let (outbox_done, outbox_done_rx) = mpsc::channel(OUTBOX_DONE_QUEUE);
     let shared = Arc::new(Shared {
         region: region.to_owned(),
@@ -187,6 +215,7 @@ pub async fn start(
         homes,
         outbox_done,
         lag: lag::LagBook::new(region, &deployment),
+        webhook,
         shutting_down: AtomicBool::new(false),
     });
     let (stop, stop_rx) = watch::channel(false);
@@ -253,6 +282,7 @@ pub async fn start(
         stop_rx.clone(),
     )));
     tasks.push(tokio::spawn(heartbeat(shared.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(janitor::run(shared.clone(), stop_rx.clone())));
     for source in deployment.regions.iter().filter(|r| r.name != region) {
         tasks.push(tokio::spawn(replay::run_source(
             shared.clone(),

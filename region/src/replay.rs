@@ -76,10 +76,35 @@ pub(crate) async fn run_source(
                 "refused a change from a region that is not the user's home"
             );
         }
+        // With a webhook sink, the changes go out first (delivered or dead-lettered), and the
+        // store only records the checkpoint: a crash in between re-delivers, never skips.
+        let (changes, delivered) = match &shared.webhook {
+            None => (planned.changes, None),
+            Some(sink) => {
+                let items: Vec<_> = planned
+                    .change_ids
+                    .into_iter()
+                    .zip(planned.changes)
+                    .collect();
+                let report = loop {
+                    match sink.deliver(&items).await {
+                        Ok(r) => break r,
+                        Err(e) => {
+                            tracing::error!(%source, error = %e, "webhook delivery could not finish (dead-letter store?); retrying");
+                            tokio::select! {
+                                _ = stop.wait_for(|s| *s) => return,
+                                _ = tokio::time::sleep(Duration::from_millis(APPLY_RETRY_BACKOFF_MS)) => {}
+                            }
+                        }
+                    }
+                };
+                (Vec::new(), Some(report.delivered))
+            }
+        };
         let apply = ApplyBatch {
             source_region: source.clone(),
             group: batch.group.clone(),
-            changes: planned.changes,
+            changes,
             cursor: consumer::cursor_to_pb(&batch.cursor),
             heartbeat_unix_ms: planned.heartbeat_unix_ms,
             applied_entries: planned.entries,
@@ -108,7 +133,7 @@ pub(crate) async fn run_source(
             &source,
             homeport_queue::entry::now_unix_ms(),
             planned.entries,
-            outcome.applied,
+            delivered.unwrap_or(outcome.applied),
             planned.refused.len() as u64,
             planned.heartbeat_unix_ms,
         );
