@@ -58,7 +58,7 @@ where
         match call(shared.clone()).await {
             Ok(n) => {
                 total += n;
-                if n < homeport_store::MAX_PURGE_ROWS_PER_CALL as u64 {
+                if n < homeport_store::MAX_PURGE_ROWS_PER_CALL {
                     break;
                 }
             }
