@@ -117,22 +117,23 @@ impl Cluster {
             .map(|c| IpAddr::V4(Ipv4Addr::new(127, x, y, c)))
             .collect();
         let nodes_per_campus = spec.regions.len() * spec.groups_per_region;
-        let mut ports: Vec<Vec<(u16, u16)>> = Vec::new();
-        for ip in &campus_ips {
-            ports.push(free_ports(*ip, nodes_per_campus)?);
-        }
-        // Region processes: QUIC + admin from one call, the HTTP API from another.
-        let region_ports = match setup {
-            Some(_) => {
-                let a = free_ports(campus_ips[0], spec.regions.len())?;
-                let b = free_ports(campus_ips[0], spec.regions.len())?;
-                a.into_iter()
-                    .zip(b)
-                    .map(|((q, adm), (_, api))| (q, adm, api))
-                    .collect()
-            }
-            None => Vec::new(),
+        // Region processes (QUIC + admin, and the HTTP API) live on campus a: take their ports in
+        // the same call as the nodes', so no port is handed out twice.
+        let region_slots = if setup.is_some() {
+            2 * spec.regions.len()
+        } else {
+            0
         };
+        let mut ports: Vec<Vec<(u16, u16)>> = Vec::new();
+        for (i, ip) in campus_ips.iter().enumerate() {
+            let extra = if i == 0 { region_slots } else { 0 };
+            ports.push(free_ports(*ip, nodes_per_campus + extra)?);
+        }
+        let region_ports: Vec<(u16, u16, u16)> = ports[0]
+            .split_off(nodes_per_campus)
+            .chunks(2)
+            .map(|c| (c[0].0, c[0].1, c[1].1))
+            .collect();
         let mut toml = String::new();
         writeln!(toml, "[deployment]\nname = \"it\"\ndata_root = \"data\"\n")?;
         writeln!(

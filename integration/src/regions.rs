@@ -33,7 +33,16 @@ impl Cluster {
                 }
                 for t in targets {
                     let relay = wan.relay(&r.name, &other.name, t, relay_ip).await?;
-                    text = text.replace(&format!("\"{t}\""), &format!("\"{relay}\""));
+                    // Only QUIC `addr` keys: a TCP admin or API port may share the number.
+                    text = text
+                        .replace(
+                            &format!(", addr = \"{t}\""),
+                            &format!(", addr = \"{relay}\""),
+                        )
+                        .replace(
+                            &format!("\naddr = \"{t}\""),
+                            &format!("\naddr = \"{relay}\""),
+                        );
                 }
             }
             let path = self.dir.path().join(format!("homeport-{}.toml", r.name));

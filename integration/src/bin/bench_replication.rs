@@ -319,7 +319,7 @@ async fn request(
         })
     };
     match tokio::time::timeout(Duration::from_millis(timeout_ms), work).await {
-        Ok(r) => r.with_context(|| format!("{url}")),
+        Ok(r) => r.with_context(|| url.to_owned()),
         Err(_) => bail!("{url}: no answer within {timeout_ms} ms"),
     }
 }
@@ -631,11 +631,9 @@ async fn run_probe(load: Arc<Load>, i: usize, write_url: String, version: u64, s
 /// Issues writes at `rate`/s from now until `load.window_end`, each at its scheduled time.
 async fn generate(load: Arc<Load>, rate: u64, probes_per_sec: u64) {
     let start = Instant::now();
-    let probe_every = if probes_per_sec == 0 {
-        u64::MAX
-    } else {
-        (rate / probes_per_sec).max(1)
-    };
+    let probe_every = rate
+        .checked_div(probes_per_sec)
+        .map_or(u64::MAX, |every| every.max(1));
     let mut seq: u64 = 0;
     loop {
         let now = Instant::now();
@@ -655,7 +653,7 @@ async fn generate(load: Arc<Load>, rate: u64, probes_per_sec: u64) {
                     load.clone(),
                     seq,
                     scheduled,
-                    seq % probe_every == 0,
+                    seq.is_multiple_of(probe_every),
                 ));
             }
             seq += 1;
@@ -666,13 +664,20 @@ async fn generate(load: Arc<Load>, rate: u64, probes_per_sec: u64) {
     }
 }
 
-/// The replicas' backlog (durable writes minus applied changes) once per second.
-async fn follow_backlog(
-    bed: &Bed,
-    load: &Load,
-    stop: &AtomicBool,
-) -> Vec<(f64, [f64; REPLICAS.len()])> {
-    let mut samples = Vec::new();
+/// What the replicas' status showed during the measured window, once per second.
+#[derive(Debug, Default)]
+struct Followed {
+    /// (seconds into the window, per replica: durable writes minus applied changes).
+    backlog: Vec<(f64, [f64; REPLICAS.len()])>,
+    /// Per replica, the largest `lag_seconds` (heartbeat-based, what `homeport lag` shows) and
+    /// `entries_behind` (from the queue heads the consumer saw) it reported.
+    max_lag_seconds: [f64; REPLICAS.len()],
+    max_entries_behind: [u64; REPLICAS.len()],
+}
+
+/// Follows the replicas' status once per second until `stop`.
+async fn follow_backlog(bed: &Bed, load: &Load, stop: &AtomicBool) -> Followed {
+    let mut f = Followed::default();
     let mut tick = tokio::time::interval(Duration::from_millis(STATUS_POLL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !stop.load(Ordering::Acquire) {
@@ -680,16 +685,21 @@ async fn follow_backlog(
         let durable = load.durable.load(Ordering::Acquire) as f64;
         let t = Instant::now();
         let mut row = [f64::NAN; REPLICAS.len()];
+        let in_window = load.in_window(t);
         for (i, r) in REPLICAS.iter().enumerate() {
             if let Ok(l) = bed.lag_row(r).await {
                 row[i] = (durable - l.applied_changes as f64).max(0.0);
+                if in_window {
+                    f.max_lag_seconds[i] = f.max_lag_seconds[i].max(l.lag_seconds);
+                    f.max_entries_behind[i] = f.max_entries_behind[i].max(l.entries_behind);
+                }
             }
         }
-        if load.in_window(t) {
-            samples.push(((t - load.window_start).as_secs_f64(), row));
+        if in_window {
+            f.backlog.push(((t - load.window_start).as_secs_f64(), row));
         }
     }
-    samples
+    f
 }
 
 /// Least-squares slope of `y` over `x`, or `None` with fewer than 3 points.
@@ -1013,6 +1023,8 @@ struct LevelResult {
     /// backlog at the last sample.
     backlog_growth: [f64; REPLICAS.len()],
     backlog_end: [f64; REPLICAS.len()],
+    status_max_lag_seconds: [f64; REPLICAS.len()],
+    status_max_entries_behind: [u64; REPLICAS.len()],
     drain: Option<Duration>,
     clock_offset_ms: [f64; REPLICAS.len()],
     cpu: Option<CpuUse>,
@@ -1090,7 +1102,7 @@ async fn measure_level(args: &Args, rate: u64) -> Result<LevelResult> {
         stop_following.store(true, Ordering::Release);
         (cpu_use(&cpu0, &cpu1), home1 - home0, nodes1 - nodes0, rep)
     };
-    let (backlog, (cpu, home, nodes, replicas)) =
+    let (followed, (cpu, home, nodes, replicas)) =
         tokio::join!(follow_backlog(&bed, &load, &stop_following), window);
     generator
         .await
@@ -1133,7 +1145,11 @@ async fn measure_level(args: &Args, rate: u64) -> Result<LevelResult> {
     let mut backlog_growth = [f64::NAN; REPLICAS.len()];
     let mut backlog_end = [f64::NAN; REPLICAS.len()];
     for i in 0..REPLICAS.len() {
-        let pts: Vec<(f64, f64)> = backlog.iter().map(|(t, row)| (*t, row[i])).collect();
+        let pts: Vec<(f64, f64)> = followed
+            .backlog
+            .iter()
+            .map(|(t, row)| (*t, row[i]))
+            .collect();
         backlog_growth[i] = slope(&pts).unwrap_or(f64::NAN);
         backlog_end[i] = pts
             .iter()
@@ -1162,6 +1178,8 @@ async fn measure_level(args: &Args, rate: u64) -> Result<LevelResult> {
         probes_timed_out: load.probes_timed_out.load(Ordering::Acquire),
         backlog_growth,
         backlog_end,
+        status_max_lag_seconds: followed.max_lag_seconds,
+        status_max_entries_behind: followed.max_entries_behind,
         drain,
         clock_offset_ms,
         cpu,
@@ -1745,13 +1763,15 @@ fn render(
             for (i, rep) in REPLICAS.iter().enumerate() {
                 if let Some(d) = r.delay[i] {
                     notes.push(format!(
-                        "{rep}: {} changes in the summary, mean {} ms, p90 {} ms, max {} ms, clock offset {} ms, backlog at end {}",
+                        "{rep}: {} changes in the summary, mean {} ms, p90 {} ms, max {} ms, clock offset {} ms, backlog at end {}, status max lag_seconds {} / entries_behind {}",
                         d.count,
                         f1(d.mean_ms),
                         f0(d.p90_ms),
                         f0(d.max_ms),
                         f0(r.clock_offset_ms[i]),
-                        f0(r.backlog_end[i])
+                        f0(r.backlog_end[i]),
+                        f1(r.status_max_lag_seconds[i]),
+                        r.status_max_entries_behind[i]
                     ));
                 }
             }
@@ -1832,7 +1852,9 @@ fn render(
         writeln!(o)?;
         writeln!(
             o,
-            "- writing the backlog: {} failed writes; sh store {} commits, {} requests per commit, mean {} ms; producer {} writes per batch; sh nodes {} entries per group commit, mean fsync {} ms; CPU busy {}",
+            "- writing the backlog: {} of {} requested writes durable, {} failed; sh store {} commits, {} requests per commit, mean {} ms; producer {} writes per batch; sh nodes {} entries per group commit, mean fsync {} ms; CPU busy {}",
+            c.durable,
+            c.backlog,
             c.failed,
             f0(c.write_home.store_commits),
             f1(per(c.write_home.store_batch_requests, c.write_home.store_commits)),
