@@ -291,12 +291,20 @@ fn no_webhook(shared: &Shared) -> Response {
 
 /// The oldest dead letters of the webhook sink (changes it gave up on), for an operator.
 async fn dead_letters(State(shared): State<Arc<Shared>>) -> Response {
-    let Some(sink) = &shared.webhook else {
+    if shared.webhook.is_none() {
         return no_webhook(&shared);
-    };
-    let listed = sink
-        .dead_letters()
-        .and_then(|l| Ok((sink.dead_letter_count()?, l)));
+    }
+    // The dead-letter store is a redb file: read it off the async threads.
+    let reader = shared.clone();
+    let listed = tokio::task::spawn_blocking(move || match &reader.webhook {
+        Some(sink) => sink
+            .dead_letters()
+            .and_then(|l| Ok((sink.dead_letter_count()?, l)))
+            .map_err(|e| e.to_string()),
+        None => Err("no webhook sink".to_owned()),
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("dead-letter task failed: {e}")));
     match listed {
         Ok((count, letters)) => axum::Json(json!({
             "region": shared.region,
@@ -314,7 +322,7 @@ async fn dead_letters(State(shared): State<Arc<Shared>>) -> Response {
             })).collect::<Vec<_>>(),
         }))
         .into_response(),
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
