@@ -69,6 +69,7 @@ pub(crate) struct Shared {
     pub producer: Arc<Producer>,
     pub homes: Arc<dyn HomeResolver>,
     pub outbox_done: mpsc::Sender<u64>,
+    pub recently_shipped: writes::RecentlyShipped,
     pub lag: lag::LagBook,
     /// Where other regions' changes go when the config names a webhook instead of the store.
     pub webhook: Option<homeport_replay::webhook::WebhookSink>,
@@ -214,6 +215,7 @@ pub async fn start(
         producer: Arc::new(producer),
         homes,
         outbox_done,
+        recently_shipped: writes::RecentlyShipped::new(OUTBOX_DONE_QUEUE),
         lag: lag::LagBook::new(region, &deployment),
         webhook,
         shutting_down: AtomicBool::new(false),

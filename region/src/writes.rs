@@ -64,6 +64,10 @@ pub(crate) async fn write(
         } => Ok(WriteResult::Committed { version }),
         WriteOutcome::Replayed {
             version,
+            outbox_seq: Some(seq),
+        } if shared.recently_shipped.contains(seq) => Ok(WriteResult::Committed { version }),
+        WriteOutcome::Replayed {
+            version,
             outbox_seq: Some(_),
         } => Ok(WriteResult::DurableNotShipped {
             version,
@@ -80,6 +84,7 @@ async fn ship(shared: &Shared, version: u64, outbox_seq: u64, entry: Bytes) -> W
     let deadline = Duration::from_millis(shared.deployment.queue.append_timeout_ms);
     match tokio::time::timeout(deadline, shared.producer.append_encoded(vec![entry])).await {
         Ok(Ok(_)) => {
+            shared.recently_shipped.insert(outbox_seq);
             // A full remover queue only delays the removal: the shipper would re-ship the entry
             // (same id; apply-if-newer makes that harmless), so never block the client on it.
             let _ = shared.outbox_done.try_send(outbox_seq);
@@ -103,5 +108,65 @@ async fn ship(shared: &Shared, version: u64, outbox_seq: u64, entry: Bytes) -> W
                 ),
             }
         }
+    }
+}
+
+/// Outbox slots whose entries committed lately. A retry with the same idempotency key may arrive
+/// before the remover has deleted the first attempt's slot; this lets it hear "committed" rather
+/// than a false "not yet shipped". Bounded: the oldest are forgotten first.
+pub(crate) struct RecentlyShipped {
+    inner: std::sync::Mutex<(
+        std::collections::VecDeque<u64>,
+        std::collections::HashSet<u64>,
+    )>,
+    capacity: usize,
+}
+
+impl RecentlyShipped {
+    pub(crate) fn new(capacity: usize) -> Self {
+        assert!(capacity > 0);
+        Self {
+            inner: std::sync::Mutex::new(Default::default()),
+            capacity,
+        }
+    }
+
+    pub(crate) fn insert(&self, seq: u64) {
+        let mut g = self.inner.lock().expect("recently shipped lock poisoned");
+        let (order, set) = &mut *g;
+        if set.insert(seq) {
+            order.push_back(seq);
+            if order.len() > self.capacity
+                && let Some(old) = order.pop_front()
+            {
+                set.remove(&old);
+            }
+        }
+        debug_assert_eq!(order.len(), set.len());
+    }
+
+    pub(crate) fn contains(&self, seq: u64) -> bool {
+        self.inner
+            .lock()
+            .expect("recently shipped lock poisoned")
+            .1
+            .contains(&seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RecentlyShipped;
+
+    #[test]
+    fn remembers_the_most_recent_slots_only() {
+        let r = RecentlyShipped::new(2);
+        r.insert(1);
+        r.insert(2);
+        r.insert(2);
+        assert!(r.contains(1) && r.contains(2));
+        r.insert(3);
+        assert!(!r.contains(1), "the oldest is forgotten past the capacity");
+        assert!(r.contains(2) && r.contains(3));
     }
 }
