@@ -340,11 +340,24 @@ struct Bed {
     /// Its drop kills every process of the deployment and removes the temp dir.
     cluster: Cluster,
     wan: Wan,
+    /// The WAN relays run here, on a thread of their own, not among the load generator's
+    /// thousands of request tasks: a relay that waits behind them would add delay the report
+    /// would blame on replication.
+    wan_runtime: Option<tokio::runtime::Runtime>,
     api: HashMap<String, String>,
     admin: HashMap<String, SocketAddr>,
     home_node_admin: Vec<SocketAddr>,
     /// Used by the status polls and the probes; the load generator has its own pool.
     client: HttpClient,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        // A runtime may not be dropped (which blocks) inside another one; this does not block.
+        if let Some(rt) = self.wan_runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Bed {
@@ -367,7 +380,14 @@ impl Bed {
                 wan.set_both(a, b, LinkConditions::delay(args.delay_ms));
             }
         }
-        cluster.route_through(&wan).await?;
+        let wan_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("wan")
+            .enable_all()
+            .build()
+            .context("starting the WAN emulator's runtime")?;
+        // The relays are spawned on the runtime that creates them.
+        tokio::task::block_in_place(|| wan_runtime.block_on(cluster.route_through(&wan)))?;
         let mut api = HashMap::new();
         let mut admin = HashMap::new();
         for r in &regions {
@@ -388,6 +408,7 @@ impl Bed {
         let bed = Bed {
             cluster,
             wan,
+            wan_runtime: Some(wan_runtime),
             api,
             admin,
             home_node_admin,
@@ -1817,7 +1838,7 @@ fn render(
         let overall = c.caught_up_secs.map_or(f64::NAN, |s| c.durable as f64 / s);
         writeln!(
             o,
-            "| backlog (changes) | written at sh in (s) | sh write rate (closed loop, {} in flight) | hk start → first apply (s) | hk start → caught up (s) | entries/s from start | entries/s from first apply | peak entries/s (per {} ms) | hk apply commits, changes per commit, mean commit (ms) | WAN sh→hk bytes per change | CPU busy; region hk, nodes sh (% of one core) |",
+            "| backlog (changes) | written at sh in (s) | sh write rate (closed loop, {} in flight) | hk start → first apply (s) | hk start → caught up (s) | entries/s from start | entries/s from first apply | peak entries/s (per {} ms) | hk apply commits, changes per commit, mean commit (ms) | WAN sh→hk bytes per change | CPU busy; region hk, nodes sh, bench (% of one core) |",
             args.backlog_concurrency, PROGRESS_POLL_MS
         )?;
         writeln!(
@@ -1843,10 +1864,11 @@ fn render(
             f1(1e3 * per(c.replica.store_commit_secs, c.replica.store_commits)),
             f0(per(c.wan_bytes as f64, c.applied as f64)),
             c.cpu.map_or("n/a".to_owned(), |u| format!(
-                "{}%; {}, {}",
+                "{}%; {}, {}, {}",
                 f0(u.busy_pct),
                 f0(u.group_core_pct[1]),
-                f0(u.group_core_pct[3])
+                f0(u.group_core_pct[3]),
+                f0(u.group_core_pct[5])
             )),
         )?;
         writeln!(o)?;
