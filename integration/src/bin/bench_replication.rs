@@ -932,9 +932,20 @@ const CPU_GROUPS: [&str; 6] = [
     "bench (load+WAN)",
 ];
 
-/// Jiffies per CPU group now, finding the deployment's processes by their config path.
-fn cpu_groups(dir: &Path) -> [u64; CPU_GROUPS.len()] {
+/// Bytes a process has caused to be sent to storage (`write_bytes` of /proc/PID/io): what its
+/// fsyncs really cost the disk, whatever the size of the data it meant to write.
+fn process_write_bytes(pid: &str) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Per CPU group now: jiffies and storage write bytes, finding the deployment's processes by
+/// their config path.
+fn cpu_groups(dir: &Path) -> ([u64; CPU_GROUPS.len()], [u64; CPU_GROUPS.len()]) {
     let mut out = [0u64; CPU_GROUPS.len()];
+    let mut io = [0u64; CPU_GROUPS.len()];
     let needle = dir.display().to_string();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
@@ -967,10 +978,11 @@ fn cpu_groups(dir: &Path) -> [u64; CPU_GROUPS.len()] {
                 _ => continue,
             };
             out[group] += process_jiffies(&name).unwrap_or(0);
+            io[group] += process_write_bytes(&name).unwrap_or(0);
         }
     }
     out[5] = process_jiffies("self").unwrap_or(0);
-    out
+    (out, io)
 }
 
 /// A CPU snapshot: machine busy/total jiffies, cores, and per-group jiffies.
@@ -978,13 +990,16 @@ fn cpu_groups(dir: &Path) -> [u64; CPU_GROUPS.len()] {
 struct CpuSnap {
     machine: Option<(u64, u64, usize)>,
     groups: [u64; CPU_GROUPS.len()],
+    write_bytes: [u64; CPU_GROUPS.len()],
 }
 
 impl CpuSnap {
     fn take(dir: &Path) -> Self {
+        let (groups, write_bytes) = cpu_groups(dir);
         Self {
             machine: machine_jiffies(),
-            groups: cpu_groups(dir),
+            groups,
+            write_bytes,
         }
     }
 }
@@ -994,6 +1009,9 @@ impl CpuSnap {
 struct CpuUse {
     busy_pct: f64,
     group_core_pct: [f64; CPU_GROUPS.len()],
+    /// Storage write bytes per group between the snapshots (a process restarted in between
+    /// counts from its start).
+    group_write_bytes: [f64; CPU_GROUPS.len()],
 }
 
 fn cpu_use(a: &CpuSnap, b: &CpuSnap) -> Option<CpuUse> {
@@ -1001,12 +1019,15 @@ fn cpu_use(a: &CpuSnap, b: &CpuSnap) -> Option<CpuUse> {
     let dt = t1.checked_sub(t0).filter(|d| *d > 0)? as f64;
     let per_core = dt / cores as f64;
     let mut group_core_pct = [0.0; CPU_GROUPS.len()];
-    for (i, g) in group_core_pct.iter_mut().enumerate() {
-        *g = 100.0 * b.groups[i].saturating_sub(a.groups[i]) as f64 / per_core;
+    let mut group_write_bytes = [0.0; CPU_GROUPS.len()];
+    for i in 0..CPU_GROUPS.len() {
+        group_core_pct[i] = 100.0 * b.groups[i].saturating_sub(a.groups[i]) as f64 / per_core;
+        group_write_bytes[i] = b.write_bytes[i].saturating_sub(a.write_bytes[i]) as f64;
     }
     Some(CpuUse {
         busy_pct: 100.0 * b1.saturating_sub(b0) as f64 / dt,
         group_core_pct,
+        group_write_bytes,
     })
 }
 
@@ -1726,11 +1747,11 @@ fn render(
         writeln!(o)?;
         writeln!(
             o,
-            "| target writes/s | CPU busy | CPU % of one core: region sh / hk / ca, nodes sh / others, bench | sh store commits/s | requests per commit | mean commit (ms) | producer batches/s | writes per batch | sh node group commits/s | entries per group commit | mean fsync (ms) | hk apply commits/s, mean (ms) |"
+            "| target writes/s | CPU busy | CPU % of one core: region sh / hk / ca, nodes sh / others, bench | sh store commits/s | requests per commit | mean commit (ms) | producer batches/s | writes per batch | sh node group commits/s | entries per group commit | mean fsync (ms) | hk apply commits/s, mean (ms) | disk bytes written per write: region sh / hk, nodes sh |"
         )?;
         writeln!(
             o,
-            "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         )?;
         for r in levels {
             let w = r.window_secs;
@@ -1749,7 +1770,7 @@ fn render(
             });
             writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}, {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}, {} | {} |",
                 r.target,
                 r.cpu
                     .map_or("n/a".to_owned(), |c| format!("{}%", f0(c.busy_pct))),
@@ -1764,6 +1785,16 @@ fn render(
                 f1(1e3 * per(r.nodes.node_fsync_secs, r.nodes.node_fsyncs)),
                 f0(r.replicas[0].store_commits / w),
                 f1(1e3 * per(r.replicas[0].store_commit_secs, r.replicas[0].store_commits)),
+                r.cpu.map_or("n/a".to_owned(), |c| {
+                    let writes = r.achieved * w;
+                    let b = c.group_write_bytes;
+                    format!(
+                        "{} / {}, {}",
+                        f0(per(b[0], writes)),
+                        f0(per(b[1], writes)),
+                        f0(per(b[3], writes))
+                    )
+                }),
             )?;
         }
         writeln!(o)?;
@@ -1838,16 +1869,16 @@ fn render(
         let overall = c.caught_up_secs.map_or(f64::NAN, |s| c.durable as f64 / s);
         writeln!(
             o,
-            "| backlog (changes) | written at sh in (s) | sh write rate (closed loop, {} in flight) | hk start → first apply (s) | hk start → caught up (s) | entries/s from start | entries/s from first apply | peak entries/s (per {} ms) | hk apply commits, changes per commit, mean commit (ms) | WAN sh→hk bytes per change | CPU busy; region hk, nodes sh, bench (% of one core) |",
+            "| backlog (changes) | written at sh in (s) | sh write rate (closed loop, {} in flight) | hk start → first apply (s) | hk start → caught up (s) | entries/s from start | entries/s from first apply | peak entries/s (per {} ms) | hk apply commits, changes per commit, mean commit (ms) | WAN sh→hk bytes per change | hk disk bytes written per change | CPU busy; region hk, nodes sh, bench (% of one core) |",
             args.backlog_concurrency, PROGRESS_POLL_MS
         )?;
         writeln!(
             o,
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
         )?;
         writeln!(
             o,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {}, {}, {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {}, {}, {} | {} | {} | {} |",
             c.durable,
             f1(c.write_secs),
             f0(c.durable as f64 / c.write_secs),
@@ -1863,6 +1894,10 @@ fn render(
             f0(per(c.applied as f64, c.replica.store_commits)),
             f1(1e3 * per(c.replica.store_commit_secs, c.replica.store_commits)),
             f0(per(c.wan_bytes as f64, c.applied as f64)),
+            c.cpu.map_or("n/a".to_owned(), |u| f0(per(
+                u.group_write_bytes[1],
+                c.applied as f64
+            ))),
             c.cpu.map_or("n/a".to_owned(), |u| format!(
                 "{}%; {}, {}, {}",
                 f0(u.busy_pct),
@@ -1874,7 +1909,7 @@ fn render(
         writeln!(o)?;
         writeln!(
             o,
-            "- writing the backlog: {} of {} requested writes durable, {} failed; sh store {} commits, {} requests per commit, mean {} ms; producer {} writes per batch; sh nodes {} entries per group commit, mean fsync {} ms; CPU busy {}",
+            "- writing the backlog: {} of {} requested writes durable, {} failed; sh store {} commits, {} requests per commit, mean {} ms; producer {} writes per batch; sh nodes {} entries per group commit, mean fsync {} ms; disk bytes written per write: region sh {}, nodes sh {}; CPU busy {}",
             c.durable,
             c.backlog,
             c.failed,
@@ -1884,6 +1919,14 @@ fn render(
             f1(per(c.write_home.writes_committed, c.write_home.producer_batches)),
             f1(per(c.write_nodes.node_entries, c.write_nodes.node_group_commits)),
             f1(1e3 * per(c.write_nodes.node_fsync_secs, c.write_nodes.node_fsyncs)),
+            c.write_cpu.map_or("n/a".to_owned(), |u| f0(per(
+                u.group_write_bytes[0],
+                c.durable as f64
+            ))),
+            c.write_cpu.map_or("n/a".to_owned(), |u| f0(per(
+                u.group_write_bytes[3],
+                c.durable as f64
+            ))),
             c.write_cpu.map_or("n/a".to_owned(), |u| {
                 let g = u.group_core_pct;
                 format!(
