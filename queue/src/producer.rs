@@ -17,6 +17,9 @@ use crate::entry::{self, EntryIdGen};
 
 pub use crate::core::producer::{GroupStatus, ProduceError};
 
+/// Appends accepted but not yet batched before `append` waits (back-pressure).
+const MAX_QUEUED_APPENDS: usize = 65_536;
+
 /// Limits of one producer. Units are in the names.
 #[derive(Debug, Clone)]
 pub struct ProducerOptions {
@@ -40,7 +43,7 @@ impl ProducerOptions {
             max_in_flight_batches: s.max_in_flight_batches as usize,
             max_batch_entries: s.max_batch_entries as usize,
             max_batch_bytes: s.max_batch_bytes as usize,
-            max_queued_appends: 65_536,
+            max_queued_appends: MAX_QUEUED_APPENDS,
         }
     }
 }

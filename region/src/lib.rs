@@ -35,6 +35,8 @@ pub use http::HOME_REGION_HEADER;
 
 /// Outbox slots whose entries committed, waiting to be removed in batches.
 const OUTBOX_DONE_QUEUE: usize = 65_536;
+/// Store requests that may wait for the writer, in whole batches; past it writes answer 503.
+const STORE_QUEUED_BATCHES: usize = 16;
 /// How long shutdown waits for in-flight work before giving up.
 const SHUTDOWN_DRAIN_MS: u64 = 10_000;
 
@@ -149,7 +151,7 @@ pub async fn start(
         max_key_bytes: settings.max_key_bytes,
         max_value_bytes: settings.max_value_bytes,
         max_batch_requests: settings.max_batch_requests,
-        max_queued_requests: settings.max_batch_requests * 16,
+        max_queued_requests: settings.max_batch_requests * STORE_QUEUED_BATCHES,
     };
     let store = tokio::task::spawn_blocking(move || homeport_store::open(store_cfg))
         .await
