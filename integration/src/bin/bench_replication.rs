@@ -12,7 +12,7 @@
 //!   `homeport_replay_apply_delay_seconds` (applied time minus home's write time, every change),
 //!   cross-checked by probes: a few writes per second are read back at each replica until visible.
 //! - **Highest sustainable rate**: the highest rate at which the achieved rate is at least 95% of
-//!   the target and the replicas' backlog does not grow (see [`Verdict`]).
+//!   the target and the replicas' backlog does not grow (see [`judge`]).
 //! - **Catch-up**: stop `region-hk`, write `--backlog` changes at `sh` as fast as it takes them,
 //!   start `region-hk` again, and time until it has applied all of them.
 //!
@@ -532,6 +532,9 @@ struct Load {
     window_start: Instant,
     window_end: Instant,
     in_flight: AtomicUsize,
+    /// Most requests in flight at once: about the number of keep-alive connections the pool
+    /// needed (HTTP/1.1 carries one request at a time per connection).
+    max_in_flight_seen: AtomicUsize,
     /// 2xx answers that arrived inside the measured window.
     ok_in_window: AtomicU64,
     /// Changes durable at home (2xx, or 503 with an ETag: the outbox ships it later), any time.
@@ -669,7 +672,9 @@ async fn generate(load: Arc<Load>, rate: u64, probes_per_sec: u64) {
                     load.unsent_in_window.fetch_add(1, Ordering::Relaxed);
                 }
             } else {
-                load.in_flight.fetch_add(1, Ordering::AcqRel);
+                let now_in_flight = load.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+                load.max_in_flight_seen
+                    .fetch_max(now_in_flight, Ordering::Relaxed);
                 tokio::spawn(one_write(
                     load.clone(),
                     seq,
@@ -1053,6 +1058,7 @@ struct LevelResult {
     achieved: f64,
     failed: u64,
     unsent: u64,
+    max_in_flight: usize,
     first_error: Option<String>,
     http_p50_ms: f64,
     http_p99_ms: f64,
@@ -1099,6 +1105,7 @@ async fn measure_level(args: &Args, rate: u64) -> Result<LevelResult> {
         window_start,
         window_end,
         in_flight: AtomicUsize::new(0),
+        max_in_flight_seen: AtomicUsize::new(0),
         ok_in_window: AtomicU64::new(0),
         durable: AtomicU64::new(0),
         failed_in_window: AtomicU64::new(0),
@@ -1212,6 +1219,7 @@ async fn measure_level(args: &Args, rate: u64) -> Result<LevelResult> {
         achieved,
         failed: load.failed_in_window.load(Ordering::Acquire),
         unsent: load.unsent_in_window.load(Ordering::Acquire),
+        max_in_flight: load.max_in_flight_seen.load(Ordering::Acquire),
         first_error,
         http_p50_ms: ms_quantile(&http, 0.5),
         http_p99_ms: ms_quantile(&http, 0.99),
@@ -1294,7 +1302,7 @@ fn level_line(r: &LevelResult) -> String {
     )
 }
 
-/// Runs a level `repeats` times; the median run (by achieved rate... see [`median_level`]).
+/// Runs a level `repeats` times (each on a fresh deployment) and folds the runs into medians.
 async fn level(args: &Args, rate: u64) -> Result<LevelResult> {
     let mut runs = Vec::new();
     for i in 0..args.repeats {
@@ -1546,7 +1554,7 @@ async fn catchup(args: &Args) -> Result<CatchupResult> {
         }
     };
     tokio::select! {
-        _ = futures_join_all(writers) => {}
+        _ = join_writers(writers) => {}
         _ = progress => {}
     }
     let write_secs = started.elapsed().as_secs_f64();
@@ -1640,7 +1648,7 @@ async fn catchup(args: &Args) -> Result<CatchupResult> {
 
 /// Awaits every task (their panics are reported, not propagated: the backlog count says what
 /// was written).
-async fn futures_join_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
+async fn join_writers(tasks: Vec<tokio::task::JoinHandle<()>>) {
     for t in tasks {
         if let Err(e) = t.await {
             eprintln!("   a backlog writer failed: {e}");
@@ -1799,7 +1807,10 @@ fn render(
         }
         writeln!(o)?;
         for r in levels {
-            let mut notes = Vec::new();
+            let mut notes = vec![format!(
+                "at most {} requests (connections) in flight",
+                r.max_in_flight
+            )];
             if r.failed + r.unsent > 0 {
                 notes.push(format!(
                     "{} failed, {} unsent (in-flight cap)",
