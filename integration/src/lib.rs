@@ -317,3 +317,41 @@ where
         tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
     }
 }
+
+/// `main` of a benchmark program: a multi-thread runtime, `run` until done or Ctrl-C, exit code.
+/// On Ctrl-C the `run` future is dropped, and with it every cluster it owns, whose Drop kills the
+/// processes it started; a panic unwinds through the same drops.
+pub fn bench_main<F>(name: &str, run: F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = Result<()>>,
+{
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: could not start the tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = run => r,
+            _ = tokio::signal::ctrl_c() => {
+                Err(anyhow::anyhow!("interrupted; stopped every process this run started"))
+            }
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(BENCH_SHUTDOWN_TIMEOUT_SECS));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// How long a benchmark's runtime gets to wind down its tasks at exit.
+const BENCH_SHUTDOWN_TIMEOUT_SECS: u64 = 1;

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use common::*;
 use homeport_integration::Cluster;
 use homeport_queue::client::{ClientError, NodeClient};
@@ -112,15 +110,7 @@ async fn segment_damaged_while_stopped_is_detected_at_restart() -> anyhow::Resul
         ),
     }
 
-    let seen = consume_until(
-        &cluster,
-        &endpoint,
-        HashMap::new(),
-        &ledger.keys(),
-        &ledger,
-        WAIT_MS,
-    )
-    .await?;
+    let seen = consume_all_from_start(&cluster, &endpoint, &ledger).await?;
     assert!(ledger.keys().iter().all(|k| seen.entries.contains_key(k)));
     Ok(())
 }
@@ -182,15 +172,7 @@ async fn segment_damaged_under_running_node_is_refused() -> anyhow::Result<()> {
     );
 
     // Consumers read around the damaged node.
-    let seen = consume_until(
-        &cluster,
-        &endpoint,
-        HashMap::new(),
-        &ledger.keys(),
-        &ledger,
-        WAIT_MS,
-    )
-    .await?;
+    let seen = consume_all_from_start(&cluster, &endpoint, &ledger).await?;
     assert!(ledger.keys().iter().all(|k| seen.entries.contains_key(k)));
     Ok(())
 }

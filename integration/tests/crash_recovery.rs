@@ -158,15 +158,7 @@ async fn node_killed_in_write_storm_recovers_and_nothing_is_lost() -> anyhow::Re
         "a torn tail loses nothing that was acked, so the incarnation must stay:\n{recovery_log}"
     );
 
-    let seen = consume_until(
-        &cluster,
-        &endpoint,
-        HashMap::new(),
-        &ledger.keys(),
-        &ledger,
-        WAIT_MS,
-    )
-    .await?;
+    let seen = consume_all_from_start(&cluster, &endpoint, &ledger).await?;
     let seen: HashSet<Key> = seen.entries.into_keys().collect();
     assert!(ledger.keys().is_subset(&seen));
     check_every_node(&cluster, &endpoint, &ledger).await
@@ -202,15 +194,7 @@ async fn two_nodes_killed_in_turn_nothing_is_lost() -> anyhow::Result<()> {
     }
     let ledger = storm.finish().await?;
 
-    let seen = consume_until(
-        &cluster,
-        &endpoint,
-        HashMap::new(),
-        &ledger.keys(),
-        &ledger,
-        WAIT_MS,
-    )
-    .await?;
+    let seen = consume_all_from_start(&cluster, &endpoint, &ledger).await?;
     let seen: HashSet<Key> = seen.entries.into_keys().collect();
     assert!(ledger.keys().is_subset(&seen));
     check_every_node(&cluster, &endpoint, &ledger).await

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -82,15 +82,7 @@ async fn two_nodes_down_fails_over_to_other_group_and_probes_back() -> anyhow::R
         .map(|(_, c)| c.group.clone())
         .collect();
     assert!(groups.contains("g1") && groups.contains("g2"), "{groups:?}");
-    let seen = consume_until(
-        &cluster,
-        &endpoint,
-        HashMap::new(),
-        &ledger.keys(),
-        &ledger,
-        WAIT_MS,
-    )
-    .await?;
+    let seen = consume_all_from_start(&cluster, &endpoint, &ledger).await?;
     for (k, (_, c)) in ledger.snapshot() {
         assert!(
             seen.entries.contains_key(&k),

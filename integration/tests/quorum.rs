@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -43,15 +43,7 @@ async fn one_node_never_started_appends_commit_and_consumer_sees_all() -> anyhow
         assert_eq!(c.group, "g1");
         assert_acked_by_live(c, &live, || logs(&cluster));
     }
-    let seen = consume_until(
-        &cluster,
-        &endpoint,
-        HashMap::new(),
-        &ledger.keys(),
-        &ledger,
-        WAIT_MS,
-    )
-    .await?;
+    let seen = consume_all_from_start(&cluster, &endpoint, &ledger).await?;
     assert!(
         ledger
             .keys()
@@ -110,15 +102,7 @@ async fn one_node_killed_mid_run_appends_commit_and_consumer_sees_all() -> anyho
         assert_acked_by_live(&c, &g1, || logs(&cluster));
     }
 
-    let seen = consume_until(
-        &cluster,
-        &endpoint,
-        HashMap::new(),
-        &ledger.keys(),
-        &ledger,
-        WAIT_MS,
-    )
-    .await?;
+    let seen = consume_all_from_start(&cluster, &endpoint, &ledger).await?;
     let seen: HashSet<Key> = seen.entries.keys().cloned().collect();
     assert!(
         ledger.keys().is_subset(&seen),

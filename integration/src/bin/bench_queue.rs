@@ -126,32 +126,7 @@ fn main() -> ExitCode {
         eprintln!("bench-queue: {e:#}");
         return ExitCode::from(2);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bench-queue: could not start the tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // On Ctrl-C the `run` future is dropped, and with it every cluster it owns, whose Drop kills
-    // the processes they started. A panic unwinds through the same drops.
-    let result = rt.block_on(async {
-        tokio::select! {
-            r = run(args) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted; stopped every process this run started")),
-        }
-    });
-    rt.shutdown_timeout(Duration::from_secs(1));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bench-queue: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    homeport_integration::bench_main("bench-queue", run(args))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -216,6 +216,23 @@ pub struct Consumed {
 
 /// Runs a [`RegionConsumer`] from `cursors` until it has delivered every entry of `expected`.
 /// Every delivered entry whose id the ledger knows must carry the payload that was appended.
+/// A fresh consumer (empty cursors) until it has seen every id the ledger acked.
+pub async fn consume_all_from_start(
+    cluster: &Cluster,
+    endpoint: &quinn::Endpoint,
+    ledger: &Ledger,
+) -> Result<Consumed> {
+    consume_until(
+        cluster,
+        endpoint,
+        HashMap::new(),
+        &ledger.keys(),
+        ledger,
+        WAIT_MS,
+    )
+    .await
+}
+
 pub async fn consume_until(
     cluster: &Cluster,
     endpoint: &quinn::Endpoint,
