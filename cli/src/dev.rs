@@ -1,7 +1,7 @@
 //! `homeport dev`: a whole local three-region deployment from embedded defaults, no set-up.
 //!
-//! Writes the deployment file and certificates under `--dir`, runs every queue node and every
-//! region process as a child process (real processes, so `kill -9` of one behaves as in
+//! Writes the deployment file, certificates and a dev ticket key under `--dir`, runs every queue
+//! node, every region process and every region's gateway as a child process (real processes, so `kill -9` of one behaves as in
 //! production), and prints the replication lag table every few seconds (heartbeats flow between
 //! regions even while nobody writes). For a config without region processes, it instead has each
 //! region append a test entry every heartbeat interval while every other region consumes it.
@@ -73,6 +73,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             .with_context(|| format!("removing {}", d.data_root.display()))?;
     }
     crate::write_certs(&d, &d.tls.cert_dir)?;
+    let ticket_keys = crate::ensure_dev_ticket_keys(&d)?;
     let logs = args.dir.join("logs");
     std::fs::create_dir_all(&logs)?;
 
@@ -114,26 +115,62 @@ pub async fn run(args: DevArgs) -> Result<()> {
         ));
     }
 
+    let gateways: Vec<(String, String)> = d
+        .regions
+        .iter()
+        .filter(|r| r.process.is_some())
+        .filter_map(|r| {
+            r.gateway
+                .as_ref()
+                .map(|g| (r.name.clone(), g.public_url.clone()))
+        })
+        .collect();
+    for (r, _) in &gateways {
+        let name = homeport_config::gateway_identity(r);
+        let args = [
+            "gateway",
+            "--config",
+            &config_path.display().to_string(),
+            "--region",
+            r,
+        ];
+        children.push((
+            name.clone(),
+            spawn(&exe, &args, &logs.join(format!("{name}.log")))?,
+        ));
+    }
+
     let cfg = config_path.display();
     println!(
-        "homeport dev: {} queue nodes and {} region processes in regions {}",
+        "homeport dev: {} queue nodes, {} region processes and {} gateways in regions {}",
         d.nodes().count(),
         regions.len(),
+        gateways.len(),
         d.region_names().join(", ")
     );
     println!("  config: {cfg}    logs: {}", logs.display());
     println!("  try:    homeport lag          --config {cfg} --watch");
     println!("          homeport queue status --config {cfg} --region sh");
     println!("          homeport queue tail   --config {cfg} --region hk --follow");
-    for (name, p) in d
-        .regions
-        .iter()
-        .filter_map(|r| r.process.as_ref().map(|p| (&r.name, p)))
-    {
+    if let (Some((first, url)), Some(key)) = (gateways.first(), ticket_keys.first()) {
+        println!("  gateways:");
+        for (r, url) in &gateways {
+            println!("          {r}: {url}");
+        }
+        println!("  a ticket for user {first}-1001, then a write and a roaming redirect:");
         println!(
-            "          curl -X PUT --data hello http://{}/v1/users/{name}-1001/records/greeting",
-            p.api_addr
+            "          T=$({} ticket issue --uid {first}-1001 --key {})",
+            exe.display(),
+            key.display()
         );
+        println!(
+            "          curl -i -X PUT -H \"Authorization: Bearer $T\" --data hello {url}/v1/users/{first}-1001/records/greeting"
+        );
+        if let Some((_, other)) = gateways.get(1) {
+            println!(
+                "          curl -i -H \"Authorization: Bearer $T\" {other}/v1/users/{first}-1001/records/greeting"
+            );
+        }
     }
 
     // Queue-only deployments get test entries; with region processes, heartbeats already flow.

@@ -5,6 +5,7 @@
 
 mod admin_cmd;
 mod dev;
+mod gateway_cmd;
 mod lag_cmd;
 mod queue_cmd;
 
@@ -14,6 +15,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use homeport_config::Deployment;
 use homeport_wire::{DevCertSpec, Identity, Role};
+
+pub use gateway_cmd::ensure_dev_ticket_keys;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -62,6 +65,12 @@ enum Command {
         #[arg(long)]
         region: String,
     },
+    /// Run a region's gateway: the HTTP front (tickets, home routing, record API, upstream
+    /// proxy, overload protection). SIGTERM drains in-flight requests.
+    Gateway(gateway_cmd::GatewayArgs),
+    /// Ticket keys and tickets: `keygen` makes a key pair, `issue` mints a ticket for a user.
+    #[command(subcommand)]
+    Ticket(gateway_cmd::TicketCmd),
     /// Replication lag for every ordered pair of regions (seconds from heartbeats, entries behind,
     /// apply rate); `--watch` refreshes, `--check --warn S --crit S` exits 0/1/2 for alerting.
     Lag(lag_cmd::LagArgs),
@@ -116,6 +125,22 @@ pub fn cert_specs(d: &Deployment) -> Vec<DevCertSpec> {
                 region: r.name.clone(),
             },
             ips: vec![loopback],
+        });
+    }
+    for (r, g) in d
+        .regions
+        .iter()
+        .filter_map(|r| r.gateway.as_ref().map(|g| (r, g)))
+    {
+        let mut ips = vec![g.quic_addr.ip(), loopback];
+        ips.dedup();
+        specs.push(DevCertSpec {
+            identity: Identity {
+                name: homeport_config::gateway_identity(&r.name),
+                role: Role::Gateway,
+                region: r.name.clone(),
+            },
+            ips,
         });
     }
     specs.push(DevCertSpec {
@@ -194,6 +219,8 @@ async fn async_main() -> std::process::ExitCode {
         })(),
         Command::QueueNode { config, node } => run_queue_node(config, node).await,
         Command::Region { config, region } => run_region(config, region).await,
+        Command::Gateway(args) => gateway_cmd::run_gateway(args).await,
+        Command::Ticket(cmd) => gateway_cmd::run_ticket(cmd),
         Command::Lag(args) => lag_cmd::run(args).await,
         Command::DeadLetters(cmd) => admin_cmd::run(cmd).await,
         Command::Queue(cmd) => queue_cmd::run(cmd).await,

@@ -10,7 +10,13 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod gateway;
 mod validate;
+
+pub use gateway::{
+    GatewaySettings, RegionGateway, RoutePolicy, RouteRule, TicketKey, TicketKeySource,
+    TicketSettings, Upstream, UpstreamProtocol, gateway_identity,
+};
 
 /// Certificate name of the operator's client identity (admin verbs, `homeport lag`).
 pub const OPERATOR_IDENTITY: &str = "operator";
@@ -107,6 +113,10 @@ pub struct Deployment {
     pub store: StoreSettings,
     pub replay: ReplaySettings,
     pub homes: HomeRule,
+    /// Limits and route policies of every gateway (`[gateway]`).
+    pub gateway: GatewaySettings,
+    /// How gateways check tickets (`[tickets]`).
+    pub tickets: TicketSettings,
     pub regions: Vec<Region>,
 }
 
@@ -156,6 +166,12 @@ impl Deployment {
             self.regions
                 .iter()
                 .map(|region| region_identity(&region.name)),
+        );
+        names.extend(
+            self.regions
+                .iter()
+                .filter(|region| region.gateway.is_some())
+                .map(|region| gateway_identity(&region.name)),
         );
         names.push(OPERATOR_IDENTITY.to_string());
         names
@@ -275,6 +291,10 @@ pub struct Region {
     pub process: Option<RegionProcess>,
     /// Where this region's replay workers deliver other regions' changes.
     pub sink: SinkConfig,
+    /// The region's gateway listeners (`[regions.gateway]`); `None`: no gateway.
+    pub gateway: Option<RegionGateway>,
+    /// HTTP services behind the region's gateways, by path prefix.
+    pub upstreams: Vec<Upstream>,
 }
 
 /// Where a region's process listens and keeps its data. The three listeners are required together:

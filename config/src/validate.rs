@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod gateway;
+
 use crate::{
     ConfigError, Deployment, FsyncMode, HomeRule, OPERATOR_IDENTITY, Problem, QueueGroup,
     QueueNode, QueueSettings, REGION_IDENTITY_PREFIX, Region, RegionProcess, ReplaySettings,
@@ -57,6 +59,10 @@ struct RawFile {
     replay: RawReplay,
     #[serde(default)]
     homes: RawHomes,
+    #[serde(default)]
+    gateway: gateway::RawGateway,
+    #[serde(default)]
+    tickets: gateway::RawTickets,
     /// Missing is reported as a problem ("no regions") rather than a serde error, to keep one message.
     #[serde(default)]
     regions: Vec<RawRegion>,
@@ -200,6 +206,9 @@ struct RawRegion {
     admin_addr: Option<String>,
     data_dir: Option<PathBuf>,
     sink: Option<RawSink>,
+    gateway: Option<gateway::RawRegionGateway>,
+    #[serde(default)]
+    upstreams: Vec<gateway::RawUpstream>,
     #[serde(default)]
     queue_groups: Vec<RawGroup>,
 }
@@ -335,6 +344,9 @@ impl Checker {
         );
         let replay = self.check_replay(&raw.replay);
         let homes = self.check_homes(&raw.homes);
+        let gateway = self.check_gateway(&raw.gateway);
+        let any_gateway = raw.regions.iter().any(|r| r.gateway.is_some());
+        let tickets = self.check_tickets(&raw.tickets, base_dir, any_gateway);
         let regions = self.check_regions(&raw.regions, &data_root, base_dir);
         Some(Deployment {
             name: raw.deployment.name,
@@ -344,6 +356,8 @@ impl Checker {
             store,
             replay,
             homes: homes?,
+            gateway: gateway?,
+            tickets: tickets?,
             regions: regions?,
         })
     }
@@ -880,6 +894,8 @@ impl Checker {
                 &mut data_dirs,
             );
             let sink = self.check_sink(&region_place, region);
+            let region_gateway = self.check_region_gateway(&region_place, region, &mut addrs);
+            let upstreams = self.check_upstreams(&region_place, region);
             if region.queue_groups.is_empty() {
                 self.report(
                     region_place.clone(),
@@ -1030,13 +1046,17 @@ impl Checker {
                 });
                 push_all(&mut groups, built);
             }
-            let built = match (groups, process, sink) {
-                (Some(queue_groups), Ok(process), Some(sink)) => Some(Region {
-                    name: region.name.clone(),
-                    queue_groups,
-                    process,
-                    sink,
-                }),
+            let built = match (groups, process, sink, region_gateway, upstreams) {
+                (Some(queue_groups), Ok(process), Some(sink), Ok(gateway), Some(upstreams)) => {
+                    Some(Region {
+                        name: region.name.clone(),
+                        queue_groups,
+                        process,
+                        sink,
+                        gateway,
+                        upstreams,
+                    })
+                }
                 _ => None,
             };
             push_all(&mut regions, built);
@@ -1285,6 +1305,15 @@ impl Checker {
                 format!(
                     "node id {id:?} is the operator's certificate name — rename the node \
                      (e.g. after its region, group and campus)"
+                ),
+            );
+        } else if id.starts_with(crate::gateway::GATEWAY_IDENTITY_PREFIX) {
+            self.report(
+                place,
+                format!(
+                    "node id {id:?} starts with {:?}, which is reserved for gateway certificate \
+                     names — rename the node (e.g. after its region, group and campus)",
+                    crate::gateway::GATEWAY_IDENTITY_PREFIX
                 ),
             );
         } else if id.starts_with(REGION_IDENTITY_PREFIX) {

@@ -95,7 +95,8 @@ fn three_regions_example_loads() {
         "three-regions",
         &[("sh", 1), ("hk", 2), ("ca", 3)],
     );
-    assert_eq!(deployment.identities().len(), 3 * 6 + 3 + 1);
+    // Queue nodes, region processes, gateways, the operator.
+    assert_eq!(deployment.identities().len(), 3 * 6 + 3 + 3 + 1);
 }
 
 #[test]

@@ -328,8 +328,8 @@ fn unknown_fields_are_rejected_by_name() {
             "replicas",
         ),
         (
-            edit(VALID, r#"name = "sh""#, "name = \"sh\"\ngateway = 1"),
-            "gateway",
+            edit(VALID, r#"name = "sh""#, "name = \"sh\"\ngatway = 1"),
+            "gatway",
         ),
         (format!("{VALID}\n[tsl]\nca_cert = \"x\"\n"), "tsl"),
         (with_section("store", "max_value = 1"), "max_value"),

@@ -4,6 +4,7 @@
 //! (127.X.Y.1-3, one IP per campus) with ports the kernel handed out, so tests run in parallel
 //! without colliding. Every process it starts is killed when it is dropped.
 
+mod gateways;
 mod regions;
 pub mod wan;
 use std::collections::HashMap;
@@ -17,6 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use homeport_config::Deployment;
 use homeport_queue::client::{self, NodeClient};
+
+pub use gateways::{GatewaySetup, TEST_TICKET_KID, now_unix_secs};
 
 /// How long a started node gets to answer its first status request.
 pub const NODE_START_TIMEOUT_MS: u64 = 30_000;
@@ -102,15 +105,31 @@ fn free_ports(ip: IpAddr, n: usize) -> Result<Vec<(u16, u16)>> {
 impl Cluster {
     /// Writes the deployment file and certificates; starts nothing (see [`Cluster::start_all`]).
     pub fn new(bin: &Path, spec: &ClusterSpec) -> Result<Self> {
-        Self::build(bin, spec, None)
+        Self::build(bin, spec, None, None)
     }
 
     /// As [`Cluster::new`], with a region process (`addr`, `api_addr`, `admin_addr`) per region.
     pub fn with_regions(bin: &Path, spec: &ClusterSpec, setup: &RegionSetup) -> Result<Self> {
-        Self::build(bin, spec, Some(setup))
+        Self::build(bin, spec, Some(setup), None)
     }
 
-    fn build(bin: &Path, spec: &ClusterSpec, setup: Option<&RegionSetup>) -> Result<Self> {
+    /// As [`Cluster::with_regions`], with a gateway (`[regions.gateway]`) per region and a ticket
+    /// key (see [`GatewaySetup`]).
+    pub fn with_gateways(
+        bin: &Path,
+        spec: &ClusterSpec,
+        setup: &RegionSetup,
+        gateways: &GatewaySetup,
+    ) -> Result<Self> {
+        Self::build(bin, spec, Some(setup), Some(gateways))
+    }
+
+    fn build(
+        bin: &Path,
+        spec: &ClusterSpec,
+        setup: Option<&RegionSetup>,
+        gateways: Option<&GatewaySetup>,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("homeport-it-").tempdir()?;
         let (x, y) = random_subnet();
         let campus_ips: Vec<IpAddr> = (1..=3)
@@ -119,16 +138,24 @@ impl Cluster {
         let nodes_per_campus = spec.regions.len() * spec.groups_per_region;
         // Region processes (QUIC + admin, and the HTTP API) live on campus a: take their ports in
         // the same call as the nodes', so no port is handed out twice.
-        let region_slots = if setup.is_some() {
+        // Gateways (HTTP + QUIC, admin) take 2 more slots per region.
+        let gateway_slots = if gateways.is_some() {
             2 * spec.regions.len()
         } else {
             0
         };
+        let region_slots = gateway_slots
+            + if setup.is_some() {
+                2 * spec.regions.len()
+            } else {
+                0
+            };
         let mut ports: Vec<Vec<(u16, u16)>> = Vec::new();
         for (i, ip) in campus_ips.iter().enumerate() {
             let extra = if i == 0 { region_slots } else { 0 };
             ports.push(free_ports(*ip, nodes_per_campus + extra)?);
         }
+        let gateway_ports = gateways::take_ports(&mut ports[0], gateway_slots);
         let region_ports: Vec<(u16, u16, u16)> = ports[0]
             .split_off(nodes_per_campus)
             .chunks(2)
@@ -144,6 +171,9 @@ impl Cluster {
         for s in &spec.queue_settings {
             writeln!(toml, "{s}")?;
         }
+        if let Some(g) = gateways {
+            g.write_deployment_toml(&mut toml)?;
+        }
         for t in setup.map(|s| s.extra_toml.as_slice()).unwrap_or_default() {
             writeln!(toml, "\n{t}")?;
         }
@@ -156,6 +186,9 @@ impl Cluster {
                     toml,
                     "addr = \"{ip}:{q}\"\napi_addr = \"{ip}:{api}\"\nadmin_addr = \"{ip}:{adm}\""
                 )?;
+            }
+            if let (Some(g), Some(ports)) = (gateways, gateway_ports.get(ri)) {
+                g.write_region_toml(&mut toml, r, campus_ips[0], *ports)?;
             }
             for g in 1..=spec.groups_per_region {
                 writeln!(
@@ -179,6 +212,7 @@ impl Cluster {
         let deployment =
             homeport_config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}\n{toml}"))?;
         homeport::write_certs(&deployment, &deployment.tls.cert_dir)?;
+        homeport::ensure_dev_ticket_keys(&deployment)?;
         std::fs::create_dir_all(dir.path().join("logs"))?;
         Ok(Self {
             dir,
@@ -316,6 +350,22 @@ where
         }
         tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
     }
+}
+
+/// A benchmark's HTTP client: hyper-util's legacy client sending `Full<Bytes>` bodies.
+pub type BenchHttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// Keep-alive HTTP/1.1 client with Nagle off; the pool opens another connection whenever all are
+/// busy, so an open-loop generator gets as many concurrent connections as its requests need.
+pub fn bench_http_client() -> BenchHttpClient {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
 }
 
 /// `main` of a benchmark program: a multi-thread runtime, `run` until done or Ctrl-C, exit code.

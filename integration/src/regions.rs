@@ -31,6 +31,9 @@ impl Cluster {
                 if let Some(p) = &other.process {
                     targets.push(p.addr);
                 }
+                // Gateways forward to each other over QUIC too (the `forward` policy).
+                let gateway_quic = other.gateway.as_ref().map(|g| g.quic_addr);
+                targets.extend(gateway_quic);
                 for t in targets {
                     let relay = wan.relay(&r.name, &other.name, t, relay_ip).await?;
                     // Only QUIC `addr` keys: a TCP admin or API port may share the number.
@@ -42,6 +45,10 @@ impl Cluster {
                         .replace(
                             &format!("\naddr = \"{t}\""),
                             &format!("\naddr = \"{relay}\""),
+                        )
+                        .replace(
+                            &format!("\nquic_addr = \"{t}\""),
+                            &format!("\nquic_addr = \"{relay}\""),
                         );
                 }
             }

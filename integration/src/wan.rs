@@ -1,27 +1,47 @@
-//! A userspace WAN between regions: UDP relays that delay, jitter, drop and cut datagrams.
+//! A userspace WAN between regions: UDP relays that delay, jitter, drop and cut datagrams, and
+//! TCP relays that delay and cut byte streams.
 //!
-//! The kernel here has no netem, and everything between regions is QUIC over UDP, so a relay in
-//! front of each remote address is enough. A test asks [`Wan::relay`] for a local address that
-//! stands for `target` as seen from one region and hands that address to the region's processes
-//! instead of the real one. Conditions are per ordered region pair (a path's two directions often
-//! differ) and may change at any moment while traffic flows, which is how fault schedules cut and
-//! heal regions.
+//! The kernel here has no netem, and everything between homeport regions is QUIC over UDP, so a
+//! relay in front of each remote address is enough. A test asks [`Wan::relay`] for a local
+//! address that stands for `target` as seen from one region and hands that address to the
+//! region's processes instead of the real one. Conditions are per ordered region pair (a path's
+//! two directions often differ) and may change at any moment while traffic flows, which is how
+//! fault schedules cut and heal regions.
 //!
-//! Every relay and NAT session is a tokio task that ends when the last [`Wan`] handle is dropped,
-//! so a test leaves no sockets or tasks behind.
+//! [`Wan::relay_tcp`] does the same for TCP (peers such as etcd speak gRPC over TCP), under the
+//! same per-pair [`LinkConditions`], with what a byte stream allows:
+//! - delay and jitter apply to each chunk read from a socket, and a chunk never leaves before the
+//!   one read before it on the same connection (a TCP stream stays in order; jitter only ever
+//!   stretches gaps);
+//! - `loss` and `reorder` do not apply: TCP retransmits and reorders nothing, and emulating its
+//!   retransmission timeouts is out of scope;
+//! - `partitioned` HOLDS: nothing crosses, connections stay open, new connections are accepted
+//!   but not connected upstream; after a heal the held bytes arrive one delay later, in order, as
+//!   TCP's retransmissions would after a partition shorter than its timeouts. Applications notice
+//!   a partition by their own timeouts, as on a real network. A reset or a read error on one side
+//!   closes both sides at once;
+//! - `bandwidth_bytes_per_s` serializes chunks through the same bottleneck as the direction's UDP
+//!   datagrams; when its queue is longer than [`BOTTLENECK_QUEUE_MAX_MS`] the relay stops reading
+//!   (backpressure, as a full TCP window) instead of dropping;
+//! - the handshake is local: a connection costs no round trip to set up.
+//!
+//! Every relay, NAT session and TCP connection is a tokio task that ends when the last [`Wan`]
+//! handle is dropped, so a test leaves no sockets or tasks behind.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::net::UdpSocket;
-use tokio::sync::{Notify, watch};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 /// The largest UDP payload; relays read into buffers this big so no datagram is ever truncated.
@@ -44,6 +64,19 @@ const DELAY_LINE_MAX_BYTES: usize = 64 * 1024 * 1024;
 const MAX_SESSIONS_PER_RELAY: usize = 4096;
 /// Pause after a failed socket read, so a socket in a persistent error state cannot spin a core.
 const IO_ERROR_BACKOFF_MS: u64 = 10;
+/// SO_RCVBUF and SO_SNDBUF asked for on every UDP relay socket: bursts of a catch-up saturate
+/// the kernel's default (~200 KiB) and show up as `RcvbufErrors`. Linux caps the request at
+/// `net.core.rmem_max` / `wmem_max` (then doubles it for bookkeeping); see
+/// [`udp_socket_buffers`] for what was granted.
+pub const UDP_SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Bytes one direction of one TCP connection holds in its delay line; beyond it the relay stops
+/// reading that socket until the line drains (backpressure, like a TCP receive window).
+/// 8 MiB keeps ~280 MB/s flowing through a 30 ms delay.
+pub const TCP_DELAY_LINE_MAX_BYTES: usize = 8 * 1024 * 1024;
+/// Largest chunk one read takes from a TCP socket: the unit delay and jitter apply to.
+const TCP_READ_CHUNK_BYTES: usize = 64 * 1024;
+/// How often a held TCP chunk looks whether its link has healed.
+const TCP_PARTITION_POLL_MS: u64 = 5;
 
 /// What one direction of a region pair does to each datagram.
 ///
@@ -116,6 +149,13 @@ pub struct LinkStats {
     pub dropped_overflow: u64,
     /// Datagrams the operating system refused to send.
     pub send_errors: u64,
+    /// TCP connections accepted by relays of this direction (counted on the client → target
+    /// direction only).
+    pub tcp_connections: u64,
+    /// TCP payload bytes delivered in this direction.
+    pub tcp_bytes_forwarded: u64,
+    /// TCP connections whose upstream connect to the target failed (closed at once).
+    pub tcp_connect_errors: u64,
 }
 
 /// Why a relay could not be started.
@@ -161,6 +201,7 @@ struct Inner {
     options: WanOptions,
     registry: Mutex<Registry>,
     sessions_open: Arc<AtomicUsize>,
+    tcp_open: Arc<AtomicUsize>,
     /// Never sent on: dropping it (with the last `Wan`) is the signal every task waits for.
     shutdown: watch::Sender<()>,
 }
@@ -192,6 +233,7 @@ impl Wan {
                 options,
                 registry: Mutex::new(Registry::default()),
                 sessions_open: Arc::new(AtomicUsize::new(0)),
+                tcp_open: Arc::new(AtomicUsize::new(0)),
                 shutdown,
             }),
         }
@@ -213,7 +255,7 @@ impl Wan {
             addr: bind_addr,
             source,
         };
-        let front = UdpSocket::bind(bind_addr).await.map_err(bind_err)?;
+        let front = bind_udp(bind_addr).map_err(bind_err)?;
         let local = front.local_addr().map_err(bind_err)?;
         let there = self.link(from_region, to_region);
         let back = self.link(to_region, from_region);
@@ -229,13 +271,7 @@ impl Wan {
         };
         let forward = Arc::new(DelayLine::new(there, seed(0)));
         let reverse = Arc::new(DelayLine::new(back, seed(1)));
-        // The upstream socket leaves from the relay's own IP when it can, so the target sees
-        // traffic from the region's relay address rather than from some other loopback address.
-        let upstream_ip = match (bind_ip, target.ip()) {
-            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => bind_ip,
-            (_, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            (_, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        };
+        let upstream_ip = upstream_ip(bind_ip, target);
         let relay = Arc::new(Relay {
             front: Arc::new(front),
             target,
@@ -251,6 +287,46 @@ impl Wan {
         tokio::spawn(reverse.run(self.inner.shutdown.subscribe()));
         tokio::spawn(relay.run_front(self.inner.shutdown.subscribe()));
         Ok(local)
+    }
+
+    /// Starts a TCP relay on `bind_ip` (port chosen by the kernel) that region `from_region`'s
+    /// processes use instead of `target`, a TCP listener in region `to_region`. Bytes towards
+    /// `target` get the `(from, to)` conditions, bytes back the `(to, from)` ones; what applies
+    /// to a stream is in the module documentation. Each accepted connection gets its own
+    /// upstream connection, opened from `bind_ip` when the families match.
+    pub async fn relay_tcp(
+        &self,
+        from_region: &str,
+        to_region: &str,
+        target: SocketAddr,
+        bind_ip: IpAddr,
+    ) -> Result<SocketAddr, WanError> {
+        let bind_addr = SocketAddr::new(bind_ip, 0);
+        let bind_err = |source| WanError::Bind {
+            addr: bind_addr,
+            source,
+        };
+        let listener = TcpListener::bind(bind_addr).await.map_err(bind_err)?;
+        let local = listener.local_addr().map_err(bind_err)?;
+        let there = self.link(from_region, to_region);
+        let ordinal = there.relays_started.fetch_add(1, Ordering::Relaxed);
+        let relay = Arc::new(TcpRelay {
+            target,
+            upstream_ip: upstream_ip(bind_ip, target),
+            there,
+            back: self.link(to_region, from_region),
+            seed: relay_seed(self.inner.options.seed, from_region, to_region, ordinal, 2),
+            connections: AtomicU64::new(0),
+            open: self.inner.tcp_open.clone(),
+            shutdown: self.inner.shutdown.subscribe(),
+        });
+        tokio::spawn(relay.run_listener(listener));
+        Ok(local)
+    }
+
+    /// TCP connections open over all TCP relays (accepted and not yet closed).
+    pub fn tcp_connections(&self) -> usize {
+        self.inner.tcp_open.load(Ordering::SeqCst)
     }
 
     /// Sets the conditions of datagrams from `from`'s side to `to`'s side.
@@ -382,6 +458,9 @@ struct Counters {
     dropped_congestion: AtomicU64,
     dropped_overflow: AtomicU64,
     send_errors: AtomicU64,
+    tcp_connections: AtomicU64,
+    tcp_bytes_forwarded: AtomicU64,
+    tcp_connect_errors: AtomicU64,
 }
 
 impl Counters {
@@ -407,6 +486,9 @@ impl Counters {
             dropped_congestion: get(&self.dropped_congestion),
             dropped_overflow: get(&self.dropped_overflow),
             send_errors: get(&self.send_errors),
+            tcp_connections: get(&self.tcp_connections),
+            tcp_bytes_forwarded: get(&self.tcp_bytes_forwarded),
+            tcp_connect_errors: get(&self.tcp_connect_errors),
         }
     }
 }
@@ -453,19 +535,46 @@ fn schedule(
     if draw.loss < c.loss {
         return Err(DropReason::Loss);
     }
-    let mut departs = now;
-    if let Some(rate) = c.bandwidth_bytes_per_s {
-        debug_assert!(rate > 0, "set() refuses a zero bandwidth");
-        let starts = state.bottleneck_free_at.map_or(now, |t| t.max(now));
-        if starts - now > Duration::from_millis(BOTTLENECK_QUEUE_MAX_MS) {
-            return Err(DropReason::Congestion);
-        }
-        let tx_us = (len_bytes as u64).saturating_mul(1_000_000) / rate;
-        departs = starts + Duration::from_micros(tx_us);
-        state.bottleneck_free_at = Some(departs);
+    let departs = bottleneck(state, len_bytes, now).map_err(|_| DropReason::Congestion)?;
+    Ok(departs + propagation(&c, draw.jitter))
+}
+
+/// When a chunk of `len_bytes` read from a TCP socket at `now` is delivered (before the FIFO
+/// rule of its connection), or, when the bandwidth cap's queue is full, `Err(when to try
+/// again)`: a stream waits where a datagram would be dropped. Loss and partitions do not apply
+/// here (see the module documentation).
+fn schedule_stream(
+    state: &mut LinkState,
+    jitter: f64,
+    len_bytes: usize,
+    now: Instant,
+) -> Result<Instant, Instant> {
+    let departs = bottleneck(state, len_bytes, now)?;
+    Ok(departs + propagation(&state.conditions, jitter))
+}
+
+/// When `len_bytes` leave the bandwidth-capped bottleneck (now, without a cap), advancing it; or
+/// `Err(when its queue is short enough again)` if it holds more than [`BOTTLENECK_QUEUE_MAX_MS`].
+fn bottleneck(state: &mut LinkState, len_bytes: usize, now: Instant) -> Result<Instant, Instant> {
+    let Some(rate) = state.conditions.bandwidth_bytes_per_s else {
+        return Ok(now);
+    };
+    debug_assert!(rate > 0, "set() refuses a zero bandwidth");
+    let starts = state.bottleneck_free_at.map_or(now, |t| t.max(now));
+    let max_queue = Duration::from_millis(BOTTLENECK_QUEUE_MAX_MS);
+    if starts - now > max_queue {
+        return Err(starts - max_queue);
     }
-    let jitter_us = (c.jitter_ms as f64 * 1_000.0 * draw.jitter).round() as u64;
-    Ok(departs + Duration::from_millis(c.delay_ms) + Duration::from_micros(jitter_us))
+    let tx_us = (len_bytes as u64).saturating_mul(1_000_000) / rate;
+    let departs = starts + Duration::from_micros(tx_us);
+    state.bottleneck_free_at = Some(departs);
+    Ok(departs)
+}
+
+/// Delay plus the drawn share (`jitter` in 0..1) of the jitter.
+fn propagation(c: &LinkConditions, jitter: f64) -> Duration {
+    let jitter_us = (c.jitter_ms as f64 * 1_000.0 * jitter).round() as u64;
+    Duration::from_millis(c.delay_ms) + Duration::from_micros(jitter_us)
 }
 
 /// One direction of one relay: datagrams wait here until their release time.
@@ -738,10 +847,242 @@ impl Relay {
     }
 }
 
+/// One TCP relay: a listener clients connect to, and an upstream connection per client.
+struct TcpRelay {
+    target: SocketAddr,
+    upstream_ip: IpAddr,
+    there: Arc<Link>,
+    back: Arc<Link>,
+    /// Seeds the jitter of this relay's connections (each gets its own stream, by ordinal).
+    seed: u64,
+    connections: AtomicU64,
+    open: Arc<AtomicUsize>,
+    shutdown: watch::Receiver<()>,
+}
+
+/// A chunk of a stream in a delay line; empty data is the end of the stream (FIN).
+struct Chunk {
+    release: Instant,
+    data: Vec<u8>,
+}
+
+impl TcpRelay {
+    async fn run_listener(self: Arc<Self>, listener: TcpListener) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.changed() => return,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((client, _)) => {
+                    let ordinal = self.connections.fetch_add(1, Ordering::Relaxed);
+                    Counters::bump(&self.there.counters.tcp_connections);
+                    self.open.fetch_add(1, Ordering::SeqCst);
+                    let open = OpenSession(self.open.clone());
+                    tokio::spawn(self.clone().run_connection(client, ordinal, open));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(IO_ERROR_BACKOFF_MS)).await,
+            }
+        }
+    }
+
+    /// Carries one connection until both directions ended, one failed, or the WAN is dropped;
+    /// returning drops (closes) both sockets.
+    async fn run_connection(self: Arc<Self>, client: TcpStream, ordinal: u64, _open: OpenSession) {
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = self.carry(client, ordinal) => {}
+        }
+    }
+
+    async fn carry(&self, client: TcpStream, ordinal: u64) {
+        // The relay adds its own delay; Nagle would add more, and unevenly.
+        let _ = client.set_nodelay(true);
+        // A partition holds the handshake too: the target hears of the connection after a heal.
+        wait_healed(&self.there).await;
+        let upstream = match connect_from(self.upstream_ip, self.target).await {
+            Ok(s) => s,
+            Err(_) => {
+                Counters::bump(&self.there.counters.tcp_connect_errors);
+                return;
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        let (client_read, client_write) = client.into_split();
+        let (upstream_read, upstream_write) = upstream.into_split();
+        let seed = splitmix64(self.seed ^ ordinal);
+        // A failure either way ends both (try_join drops the other); a clean end of one
+        // direction (FIN passed on) waits for the other.
+        let _ = tokio::try_join!(
+            pump(client_read, upstream_write, &self.there, seed),
+            pump(upstream_read, client_write, &self.back, splitmix64(seed)),
+        );
+    }
+}
+
+/// Moves one direction of a connection through `link`'s conditions: chunks in read order, each
+/// no earlier than its release time nor than the chunk before it, held while partitioned.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    link: &Link,
+    seed: u64,
+) -> io::Result<()> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Chunk>();
+    // Bytes in the line; bounded so a stalled side stops the relay reading the other.
+    let window = &Semaphore::new(TCP_DELAY_LINE_MAX_BYTES);
+    let read = async move {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut last_release: Option<Instant> = None;
+        let mut buf = vec![0u8; TCP_READ_CHUNK_BYTES];
+        loop {
+            let n = from.read(&mut buf).await?;
+            if n > 0 {
+                let bytes = u32::try_from(n).expect("a read chunk is at most 64 KiB");
+                window
+                    .acquire_many(bytes)
+                    .await
+                    .expect("the window semaphore is never closed")
+                    .forget();
+            }
+            let jitter: f64 = rng.random();
+            let release = loop {
+                let scheduled = schedule_stream(&mut lock(&link.state), jitter, n, Instant::now());
+                match scheduled {
+                    Ok(t) => break t,
+                    Err(retry_at) => tokio::time::sleep_until(retry_at).await,
+                }
+            };
+            let release = last_release.map_or(release, |last| release.max(last));
+            last_release = Some(release);
+            let data = buf[..n].to_vec();
+            // The receiver lives as long as this future (try_join below).
+            let _ = tx.send(Chunk { release, data });
+            if n == 0 {
+                return Ok::<(), io::Error>(());
+            }
+        }
+    };
+    let write = async move {
+        while let Some(chunk) = rx.recv().await {
+            tokio::time::sleep_until(chunk.release).await;
+            if wait_healed(link).await {
+                // Held bytes cross once the link is back: one delay after the heal.
+                let delay_ms = lock(&link.state).conditions.delay_ms;
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            }
+            if chunk.data.is_empty() {
+                to.shutdown().await?;
+                return Ok(());
+            }
+            to.write_all(&chunk.data).await?;
+            window.add_permits(chunk.data.len());
+            link.counters
+                .tcp_bytes_forwarded
+                .fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    };
+    tokio::try_join!(read, write).map(|_| ())
+}
+
+/// Waits while `link` is partitioned; whether it was.
+async fn wait_healed(link: &Link) -> bool {
+    let mut waited = false;
+    loop {
+        let cut = lock(&link.state).conditions.partitioned;
+        if !cut {
+            return waited;
+        }
+        waited = true;
+        tokio::time::sleep(Duration::from_millis(TCP_PARTITION_POLL_MS)).await;
+    }
+}
+
+async fn connect_from(ip: IpAddr, target: SocketAddr) -> io::Result<TcpStream> {
+    let socket = match target {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(target).await
+}
+
 fn bind_upstream(ip: IpAddr) -> io::Result<UdpSocket> {
-    let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
+    bind_udp(SocketAddr::new(ip, 0))
+}
+
+/// The IP an upstream socket leaves from: the relay's own when the families match, so the
+/// target sees traffic from the region's relay address rather than from some other loopback
+/// address.
+fn upstream_ip(bind_ip: IpAddr, target: SocketAddr) -> IpAddr {
+    match (bind_ip, target.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => bind_ip,
+        (_, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (_, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+/// Socket buffer sizes the kernel granted the UDP relay sockets (as `getsockopt` reports them:
+/// Linux doubles the granted request), and the caps it applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketBuffers {
+    pub requested_bytes: usize,
+    pub recv_bytes: usize,
+    pub send_bytes: usize,
+    /// `net.core.rmem_max` / `wmem_max`, if readable.
+    pub rmem_max_bytes: Option<usize>,
+    pub wmem_max_bytes: Option<usize>,
+}
+
+static UDP_BUFFERS: OnceLock<SocketBuffers> = OnceLock::new();
+
+/// What the first UDP relay socket of this process got; `None` before any relay started.
+pub fn udp_socket_buffers() -> Option<SocketBuffers> {
+    UDP_BUFFERS.get().copied()
+}
+
+/// A non-blocking UDP socket with [`UDP_SOCKET_BUFFER_BYTES`] asked for both buffers. The first
+/// one of the process logs (stderr) what the kernel granted, once.
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // A refused size is not fatal: the relay still works, with the kernel's default buffers.
+    let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_SOCKET_BUFFER_BYTES);
+    socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket)
+    UDP_BUFFERS.get_or_init(|| {
+        let read_max = |name: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        };
+        let got = SocketBuffers {
+            requested_bytes: UDP_SOCKET_BUFFER_BYTES,
+            recv_bytes: socket.recv_buffer_size().unwrap_or(0),
+            send_bytes: socket.send_buffer_size().unwrap_or(0),
+            rmem_max_bytes: read_max("rmem_max"),
+            wmem_max_bytes: read_max("wmem_max"),
+        };
+        let short = got.recv_bytes < UDP_SOCKET_BUFFER_BYTES || got.send_bytes < UDP_SOCKET_BUFFER_BYTES;
+        eprintln!(
+            "wan: UDP relay socket buffers: asked {} bytes, got SO_RCVBUF {} SO_SNDBUF {} (net.core.rmem_max {:?}, wmem_max {:?}){}",
+            got.requested_bytes,
+            got.recv_bytes,
+            got.send_bytes,
+            got.rmem_max_bytes,
+            got.wmem_max_bytes,
+            if short {
+                "; capped: raise net.core.rmem_max/wmem_max (sysctl -w) for fewer RcvbufErrors under bursts"
+            } else {
+                ""
+            }
+        );
+        got
+    });
+    UdpSocket::from_std(socket.into())
 }
 
 /// A relay direction's RNG seed from the WAN's seed and what identifies the relay across runs
@@ -909,5 +1250,283 @@ mod tests {
             ..LinkConditions::default()
         }
         .assert_valid();
+    }
+
+    #[tokio::test]
+    async fn udp_relay_sockets_get_large_buffers() {
+        let socket = bind_udp(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)).unwrap();
+        let got = udp_socket_buffers().expect("recorded by the first UDP relay socket");
+        let cap = |max: Option<usize>| {
+            max.map_or(UDP_SOCKET_BUFFER_BYTES, |m| m.min(UDP_SOCKET_BUFFER_BYTES))
+        };
+        // The kernel grants the request up to its cap (and reports twice that).
+        assert!(got.recv_bytes >= cap(got.rmem_max_bytes), "{got:?}");
+        assert!(got.send_bytes >= cap(got.wmem_max_bytes), "{got:?}");
+        let this = Socket::from(socket.into_std().unwrap());
+        assert!(this.recv_buffer_size().unwrap() >= cap(got.rmem_max_bytes));
+    }
+
+    /// TCP relay tests: real sockets on 127.0.0.1. Timing assertions are lower bounds only (a
+    /// relay must never be faster than the link it emulates); waits for something to happen
+    /// have generous deadlines.
+    mod tcp {
+        use super::super::*;
+        use crate::wait_until;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        /// Only a hang should hit this.
+        const DEADLINE_MS: u64 = 30_000;
+        /// How long a partitioned link is watched for bytes that must not cross.
+        const QUIET_MS: u64 = 300;
+
+        async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+            tokio::time::timeout(Duration::from_millis(DEADLINE_MS), fut)
+                .await
+                .unwrap_or_else(|_| panic!("{what} did not finish within {DEADLINE_MS} ms"))
+        }
+
+        /// Echoes every connection's bytes back, then closes its side after the client's FIN.
+        /// With `greeting`, first sends it unasked.
+        async fn echo_server(greeting: Option<&'static [u8]>) -> SocketAddr {
+            let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                while let Ok((mut s, _)) = listener.accept().await {
+                    tokio::spawn(async move {
+                        if let Some(g) = greeting {
+                            s.write_all(g).await.unwrap();
+                        }
+                        let (mut r, mut w) = s.split();
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                        let _ = w.shutdown().await;
+                    });
+                }
+            });
+            addr
+        }
+
+        async fn echo(s: &mut TcpStream, msg: &[u8]) -> Duration {
+            let start = Instant::now();
+            s.write_all(msg).await.unwrap();
+            let mut back = vec![0u8; msg.len()];
+            within("echo", s.read_exact(&mut back)).await.unwrap();
+            assert_eq!(back, msg);
+            start.elapsed()
+        }
+
+        /// Nothing arrives on `s` for QUIET_MS.
+        async fn assert_quiet(s: &mut TcpStream, what: &str) {
+            let mut buf = [0u8; 64];
+            match tokio::time::timeout(Duration::from_millis(QUIET_MS), s.read(&mut buf)).await {
+                Err(_) => {}
+                Ok(r) => panic!("{what}: expected nothing while partitioned, read {r:?}"),
+            }
+        }
+
+        #[tokio::test]
+        async fn delay_is_a_lower_bound_in_each_direction() {
+            let server = echo_server(Some(b"hello")).await;
+            let wan = Wan::new(1);
+            wan.set("sh", "hk", LinkConditions::delay(40));
+            wan.set("hk", "sh", LinkConditions::delay(20));
+            let relay = wan.relay_tcp("sh", "hk", server, LOCALHOST).await.unwrap();
+            let start = Instant::now();
+            let mut s = TcpStream::connect(relay).await.unwrap();
+            let mut hello = [0u8; 5];
+            within("greeting", s.read_exact(&mut hello)).await.unwrap();
+            assert_eq!(&hello, b"hello");
+            let greeting = start.elapsed();
+            assert!(
+                greeting >= Duration::from_millis(20),
+                "greeting after {greeting:?}"
+            );
+            for i in 0..5u8 {
+                let rtt = echo(&mut s, &[b'x', i]).await;
+                assert!(
+                    rtt >= Duration::from_millis(60),
+                    "round trip {i} took {rtt:?}"
+                );
+            }
+            let there = wan.stats("sh", "hk");
+            assert_eq!((there.tcp_connections, there.tcp_bytes_forwarded), (1, 10));
+            assert_eq!(wan.stats("hk", "sh").tcp_bytes_forwarded, 15);
+            // The UDP counters are untouched by TCP.
+            assert_eq!(there.datagrams_forwarded, 0);
+        }
+
+        #[tokio::test]
+        async fn jitter_never_reorders_a_stream() {
+            let server = echo_server(None).await;
+            let wan = Wan::new(7);
+            wan.set_both(
+                "sh",
+                "hk",
+                LinkConditions {
+                    delay_ms: 2,
+                    jitter_ms: 20,
+                    ..LinkConditions::default()
+                },
+            );
+            let relay = wan.relay_tcp("sh", "hk", server, LOCALHOST).await.unwrap();
+            let s = TcpStream::connect(relay).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            let (mut r, mut w) = s.into_split();
+            // Many small writes with pauses: many chunks, each with its own jitter draw.
+            let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+            let to_send = sent.clone();
+            let writer = tokio::spawn(async move {
+                for (i, piece) in to_send.chunks(1_000).enumerate() {
+                    w.write_all(piece).await.unwrap();
+                    if i % 10 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                w.shutdown().await.unwrap();
+            });
+            let mut got = Vec::new();
+            within("the echo of 300 kB", r.read_to_end(&mut got))
+                .await
+                .unwrap();
+            writer.await.unwrap();
+            assert_eq!(got.len(), sent.len());
+            assert!(got == sent, "the stream came back reordered or damaged");
+            let stats = wan.stats("sh", "hk");
+            assert_eq!(stats.tcp_bytes_forwarded, sent.len() as u64);
+            // The server closed after our FIN, so the relay lets the connection go.
+            wait_until("the relay's connection to close", DEADLINE_MS, || {
+                let open = wan.tcp_connections();
+                async move { open == 0 }
+            })
+            .await
+            .unwrap();
+        }
+
+        #[tokio::test]
+        async fn partition_holds_bytes_and_connections_until_heal() {
+            let server = echo_server(None).await;
+            let wan = Wan::new(3);
+            wan.set_both("sh", "hk", LinkConditions::delay(5));
+            let relay = wan.relay_tcp("sh", "hk", server, LOCALHOST).await.unwrap();
+            let mut old = TcpStream::connect(relay).await.unwrap();
+            echo(&mut old, b"before").await;
+
+            wan.partition("sh", "hk");
+            old.write_all(b"during-1").await.unwrap();
+            let mut new = TcpStream::connect(relay).await.unwrap();
+            new.write_all(b"new").await.unwrap();
+            assert_quiet(&mut old, "established connection").await;
+            assert_quiet(&mut new, "connection opened during the partition").await;
+            old.write_all(b"during-2").await.unwrap();
+            assert_eq!(wan.stats("sh", "hk").tcp_bytes_forwarded, 6);
+
+            wan.heal("sh", "hk");
+            let mut back = [0u8; 16];
+            within("held bytes after the heal", old.read_exact(&mut back))
+                .await
+                .unwrap();
+            assert_eq!(&back, b"during-1during-2");
+            let mut back = [0u8; 3];
+            within(
+                "the held connection after the heal",
+                new.read_exact(&mut back),
+            )
+            .await
+            .unwrap();
+            assert_eq!(&back, b"new");
+            echo(&mut old, b"after").await;
+            assert_eq!(wan.stats("sh", "hk").tcp_connections, 2);
+
+            // A partition of the whole region holds too.
+            wan.partition_region("hk");
+            old.write_all(b"cut").await.unwrap();
+            assert_quiet(&mut old, "region partition").await;
+            wan.heal_region("hk");
+            let mut back = [0u8; 3];
+            within("bytes after the region heal", old.read_exact(&mut back))
+                .await
+                .unwrap();
+            assert_eq!(&back, b"cut");
+        }
+
+        #[tokio::test]
+        async fn bandwidth_cap_paces_a_stream_without_loss() {
+            let server = echo_server(None).await;
+            let wan = Wan::new(5);
+            wan.set(
+                "sh",
+                "hk",
+                LinkConditions {
+                    bandwidth_bytes_per_s: Some(200_000),
+                    ..LinkConditions::default()
+                },
+            );
+            let relay = wan.relay_tcp("sh", "hk", server, LOCALHOST).await.unwrap();
+            let s = TcpStream::connect(relay).await.unwrap();
+            let (mut r, mut w) = s.into_split();
+            let sent = vec![7u8; 200_000];
+            let start = Instant::now();
+            let to_send = sent.clone();
+            let writer = tokio::spawn(async move {
+                w.write_all(&to_send).await.unwrap();
+                w.shutdown().await.unwrap();
+            });
+            let mut got = Vec::new();
+            within("200 kB at 200 kB/s", r.read_to_end(&mut got))
+                .await
+                .unwrap();
+            writer.await.unwrap();
+            let took = start.elapsed();
+            assert!(got == sent, "bytes lost or damaged under the cap");
+            // 1 s at the cap, minus slack for the chunk sizes the kernel hands over.
+            assert!(took >= Duration::from_millis(800), "took {took:?}");
+            assert_eq!(wan.stats("sh", "hk").dropped_congestion, 0);
+        }
+
+        #[tokio::test]
+        async fn end_of_stream_and_wan_drop_close_connections() {
+            let server = echo_server(None).await;
+            let wan = Wan::new(9);
+            wan.set_both("sh", "hk", LinkConditions::delay(10));
+            let relay = wan.relay_tcp("sh", "hk", server, LOCALHOST).await.unwrap();
+            let mut s = TcpStream::connect(relay).await.unwrap();
+            echo(&mut s, b"ping").await;
+            s.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            within("the server's FIN", s.read_to_end(&mut rest))
+                .await
+                .unwrap();
+            assert!(rest.is_empty());
+
+            let mut open = TcpStream::connect(relay).await.unwrap();
+            echo(&mut open, b"ping").await;
+            drop(wan);
+            let mut buf = [0u8; 8];
+            let closed = within("the close after the WAN is dropped", open.read(&mut buf)).await;
+            assert!(matches!(closed, Ok(0) | Err(_)), "read {closed:?}");
+            wait_until(
+                "the relay's listener to close",
+                DEADLINE_MS,
+                || async move { TcpStream::connect(relay).await.is_err() },
+            )
+            .await
+            .unwrap();
+        }
+
+        #[tokio::test]
+        async fn refused_upstream_closes_the_client() {
+            // A port nobody listens on: bind one, note it, close it.
+            let target = {
+                let l = std::net::TcpListener::bind((LOCALHOST, 0)).unwrap();
+                l.local_addr().unwrap()
+            };
+            let wan = Wan::new(11);
+            let relay = wan.relay_tcp("sh", "hk", target, LOCALHOST).await.unwrap();
+            let mut s = TcpStream::connect(relay).await.unwrap();
+            let mut buf = [0u8; 8];
+            let r = within("the close of a refused connection", s.read(&mut buf)).await;
+            assert!(matches!(r, Ok(0) | Err(_)), "read {r:?}");
+            assert_eq!(wan.stats("sh", "hk").tcp_connect_errors, 1);
+        }
     }
 }

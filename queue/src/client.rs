@@ -38,6 +38,12 @@ pub enum ClientError {
     },
 }
 
+/// A node's log followed by [`NodeClient::subscribe`]; dropping it ends the subscription.
+pub struct Subscription {
+    conn: quinn::Connection,
+    stream: wire::ResponseStream,
+}
+
 struct ConnState {
     conn: Option<quinn::Connection>,
     failed_at: Option<Instant>,
@@ -158,25 +164,73 @@ impl NodeClient {
                 }),
                 _ => Ok(resp),
             },
-            Err(e) => {
-                // Drop the connection on a timeout too: a peer that was killed and restarted
-                // leaves a connection that only times out, and the next call should dial anew.
-                let mut st = self.state.lock().await;
-                if st
-                    .conn
-                    .as_ref()
-                    .is_some_and(|c| c.stable_id() == conn.stable_id())
-                {
-                    st.conn = None;
-                }
-                match e {
-                    wire::WireError::Timeout { .. } => Err(ClientError::Timeout {
-                        node: self.id.clone(),
-                        timeout_ms,
-                    }),
-                    e => Err(self.unreachable(e.to_string())),
-                }
+            Err(e) => Err(self.failed(&conn, e, timeout_ms).await),
+        }
+    }
+
+    /// A request on `conn` got no answer. Drop the connection on a timeout too: a peer that was
+    /// killed and restarted leaves a connection that only times out, and the next call should
+    /// dial anew.
+    async fn failed(
+        &self,
+        conn: &quinn::Connection,
+        e: wire::WireError,
+        timeout_ms: u64,
+    ) -> ClientError {
+        let mut st = self.state.lock().await;
+        if st
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            st.conn = None;
+        }
+        match e {
+            wire::WireError::Timeout { .. } => ClientError::Timeout {
+                node: self.id.clone(),
+                timeout_ms,
+            },
+            e => self.unreachable(e.to_string()),
+        }
+    }
+
+    /// Follows the node's log from `req.from_offset` (see `SubscribeRequest` in queue.proto):
+    /// read answers keep coming without a request each.
+    pub async fn subscribe(
+        &self,
+        req: pb::SubscribeRequest,
+        timeout_ms: u64,
+    ) -> Result<Subscription, ClientError> {
+        let conn = self.connection().await?;
+        let request = wire::request(pb::request::Body::Subscribe(req));
+        match wire::open_stream(&conn, &request, timeout_ms, self.max_frame_bytes).await {
+            Ok(stream) => Ok(Subscription { conn, stream }),
+            Err(e) => Err(self.failed(&conn, e, timeout_ms).await),
+        }
+    }
+
+    /// The next answer of a subscription, waiting at most `timeout_ms` (set it above the
+    /// subscription's `idle_ms`: the node sends a frame at least that often).
+    pub async fn next_read(
+        &self,
+        sub: &mut Subscription,
+        timeout_ms: u64,
+    ) -> Result<pb::ReadResponse, ClientError> {
+        let frame = match sub.stream.next(timeout_ms).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                return Err(self.unreachable("the node ended the subscription".to_string()));
             }
+            Err(e) => return Err(self.failed(&sub.conn, e, timeout_ms).await),
+        };
+        match frame.body {
+            Some(pb::response::Body::Read(r)) => Ok(r),
+            Some(pb::response::Body::Error(e)) => Err(ClientError::Refused {
+                node: self.id.clone(),
+                code: e.code(),
+                message: e.message,
+            }),
+            other => Err(self.unexpected("subscribe", &other)),
         }
     }
 
@@ -261,6 +315,7 @@ impl NodeClient {
             Some(pb::response::Body::Error(_)) => "error",
             Some(pb::response::Body::RegionStatus(_)) => "region_status",
             Some(pb::response::Body::CheckpointReport(_)) => "checkpoint_report",
+            Some(pb::response::Body::GatewayForward(_)) => "gateway_forward",
         };
         ClientError::UnexpectedResponse {
             node: self.id.clone(),

@@ -4,6 +4,14 @@
 //! Deliveries come in batches, each with the group's cursor *after* it: a replica that stores the
 //! batch's effects and that cursor in one transaction never skips an entry and at worst sees one
 //! again after a crash (at-least-once; apply-if-newer makes it exactly once in effect).
+//!
+//! The core asks for one read per node at a time. The shell answers those reads from a *feed* per
+//! node: a subscription (`SubscribeRequest`) that the node keeps answering as entries become
+//! durable, read ahead by a task. So the next batch is already on its way while the core handles
+//! this one, and across a WAN a new entry arrives one one-way delay after it is durable, instead
+//! of waiting up to a round trip for the next read request to get there. When the core asks for a
+//! read the feed is not positioned at (a new incarnation, a regressed head), the feed is replaced.
+//! A node too old to know subscriptions is followed with one read request per batch instead.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +31,9 @@ pub use crate::core::consumer::{Cursor, NodeCursor, NodeState};
 
 /// Slack on top of a read's long-poll wait before the read counts as failed.
 const READ_RPC_SLACK_MS: u64 = 5_000;
+/// Frames a node's feed reads ahead of the core. Two keep the network busy while the core takes
+/// one; each is at most `read_max_bytes`, so a group holds at most 3 x 2 of them.
+const FEED_AHEAD_FRAMES: usize = 2;
 
 #[derive(Debug, Clone)]
 pub struct ConsumerOptions {
@@ -122,6 +133,8 @@ impl RegionConsumer {
                 core,
                 opts: opts.clone(),
                 states: states.clone(),
+                feeds: [None, None, None],
+                awaiting: [None; 3],
             };
             tasks.push(tokio::spawn(driver.run(tx.clone())));
         }
@@ -131,6 +144,11 @@ impl RegionConsumer {
     /// The next batch from any group; `None` only if every driver stopped.
     pub async fn next_batch(&mut self) -> Option<ConsumedBatch> {
         self.rx.recv().await
+    }
+
+    /// A batch that is already waiting, without waiting for one.
+    pub fn try_next_batch(&mut self) -> Option<ConsumedBatch> {
+        self.rx.try_recv().ok()
     }
 
     /// Per group, per node: reachability, incarnation, offsets (entries behind = head - next).
@@ -145,27 +163,146 @@ struct GroupDriver {
     core: core::Consumer,
     opts: ConsumerOptions,
     states: Arc<Mutex<HashMap<String, Vec<NodeState>>>>,
+    feeds: [Option<Feed>; 3],
+    /// Per node: the core's read in flight (its largest batch), answered by the node's feed.
+    awaiting: [Option<u32>; 3],
+}
+
+/// One frame of a feed: the offset it was read from, and the node's answer.
+type FeedFrame = (u64, Result<ReadBatch, ReadFailure>);
+
+/// A node's log followed ahead of the core (see the module docs).
+struct Feed {
+    rx: mpsc::Receiver<FeedFrame>,
+    task: tokio::task::JoinHandle<()>,
+    /// Where the next frame from `rx` starts.
+    next_from: u64,
+    /// The rest of a frame the core took only part of (it asked for fewer entries).
+    leftover: Option<ReadBatch>,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Feed {
+    fn start(client: Arc<NodeClient>, opts: &ConsumerOptions, from_offset: u64) -> Self {
+        let (tx, rx) = mpsc::channel(FEED_AHEAD_FRAMES);
+        let req = pb::SubscribeRequest {
+            from_offset,
+            max_bytes: opts.read_max_bytes,
+            max_entries: opts.read_max_entries,
+            idle_ms: opts.wait_ms,
+        };
+        Feed {
+            rx,
+            task: tokio::spawn(follow(client, req, tx)),
+            next_from: from_offset,
+            leftover: None,
+        }
+    }
+
+    /// Where this feed's next answer starts.
+    fn position(&self) -> u64 {
+        match &self.leftover {
+            Some(rest) => rest.entries.first().map_or(rest.next_offset, |(o, _)| *o),
+            None => self.next_from,
+        }
+    }
+
+    /// Up to `max_entries` of the leftover, keeping the rest.
+    fn take_leftover(&mut self, max_entries: u32) -> Option<ReadBatch> {
+        let rest = self.leftover.take()?;
+        let (now, later) = split_batch(rest, max_entries);
+        self.leftover = later;
+        Some(now)
+    }
+}
+
+/// The first `max_entries` entries of `batch` as a batch of their own (its `next_offset` is the
+/// first remaining entry's), and the remaining ones, if any.
+fn split_batch(mut batch: ReadBatch, max_entries: u32) -> (ReadBatch, Option<ReadBatch>) {
+    let max_entries = (max_entries as usize).max(1);
+    if batch.entries.len() <= max_entries {
+        return (batch, None);
+    }
+    let later_entries = batch.entries.split_off(max_entries);
+    let later = ReadBatch {
+        entries: later_entries,
+        ..batch.clone()
+    };
+    batch.next_offset = later.entries[0].0;
+    (batch, Some(later))
+}
+
+/// Feeds `tx` with the node's answers from `req.from_offset` on, until the first failure (sent,
+/// then the task ends) or until the feed is dropped.
+async fn follow(client: Arc<NodeClient>, req: pb::SubscribeRequest, tx: mpsc::Sender<FeedFrame>) {
+    let timeout_ms = u64::from(req.idle_ms) + READ_RPC_SLACK_MS;
+    let mut from = req.from_offset;
+    let mut sub = match client.subscribe(req, timeout_ms).await {
+        Ok(sub) => Some(sub),
+        Err(e) => {
+            let _ = tx.send((from, to_read_result(Err(e), from))).await;
+            return;
+        }
+    };
+    loop {
+        let answer = match sub.as_mut() {
+            Some(s) => match client.next_read(s, timeout_ms).await {
+                // A node from before subscriptions: follow it one read request at a time.
+                Err(ClientError::Refused {
+                    code: pb::ErrorCode::BadRequest,
+                    ..
+                }) => {
+                    tracing::info!(node = %client.id, "node does not know subscriptions (older version); reading it request by request");
+                    sub = None;
+                    continue;
+                }
+                answer => answer,
+            },
+            None => {
+                let read = pb::ReadRequest {
+                    from_offset: from,
+                    max_bytes: req.max_bytes,
+                    max_entries: req.max_entries,
+                    wait_ms: req.idle_ms,
+                };
+                client.read(read, timeout_ms).await
+            }
+        };
+        let next = answer.as_ref().ok().map(|r| r.next_offset);
+        if tx.send((from, to_read_result(answer, from))).await.is_err() {
+            return;
+        }
+        match next {
+            Some(next) => from = next,
+            None => return,
+        }
+    }
+}
+
+enum Wake {
+    Feed(usize, Option<FeedFrame>),
+    Timeout,
+}
+
+/// The next frame of `feed` while the core waits for one; otherwise never.
+async fn next_frame(feed: &mut Option<Feed>, awaiting: bool) -> Option<FeedFrame> {
+    match feed {
+        Some(f) if awaiting => f.rx.recv().await,
+        _ => std::future::pending().await,
+    }
 }
 
 impl GroupDriver {
     async fn run(mut self, tx: mpsc::Sender<ConsumedBatch>) {
-        let (res_tx, mut res_rx) = mpsc::unbounded_channel();
         loop {
             let now = Instant::now();
             while let Some(r) = self.core.poll_read(now) {
-                let client = self.clients[r.node].clone();
-                let res_tx = res_tx.clone();
-                let req = pb::ReadRequest {
-                    from_offset: r.from_offset,
-                    max_bytes: r.max_bytes,
-                    max_entries: r.max_entries,
-                    wait_ms: r.wait_ms,
-                };
-                let timeout_ms = r.wait_ms as u64 + READ_RPC_SLACK_MS;
-                tokio::spawn(async move {
-                    let result = to_read_result(client.read(req, timeout_ms).await, r.from_offset);
-                    let _ = res_tx.send((r.node, result));
-                });
+                self.start_read(r);
             }
             self.log_events();
             let batch = self.take_batch();
@@ -180,15 +317,70 @@ impl GroupDriver {
                 continue;
             }
             let deadline = self.core.poll_timeout();
-            tokio::select! {
-                Some((node, result)) = res_rx.recv() => {
-                    self.core.on_read_result(Instant::now(), node, result);
+            let wake = {
+                let [f0, f1, f2] = &mut self.feeds;
+                let [a0, a1, a2] = self.awaiting.map(|a| a.is_some());
+                tokio::select! {
+                    frame = next_frame(f0, a0) => Wake::Feed(0, frame),
+                    frame = next_frame(f1, a1) => Wake::Feed(1, frame),
+                    frame = next_frame(f2, a2) => Wake::Feed(2, frame),
+                    _ = sleep_until(deadline), if deadline.is_some() => Wake::Timeout,
                 }
-                _ = sleep_until(deadline), if deadline.is_some() => {
-                    self.core.on_timeout(Instant::now());
-                }
+            };
+            match wake {
+                Wake::Feed(node, frame) => self.on_frame(node, frame),
+                Wake::Timeout => self.core.on_timeout(Instant::now()),
             }
         }
+    }
+
+    /// Answers the core's read from the node's feed: at once from a leftover, else when the
+    /// feed's next frame arrives. A feed positioned elsewhere is replaced.
+    fn start_read(&mut self, r: core::ReadRequestOut) {
+        debug_assert!(self.awaiting[r.node].is_none(), "one read per node");
+        let feed = &mut self.feeds[r.node];
+        if feed.as_ref().is_none_or(|f| f.position() != r.from_offset) {
+            *feed = Some(Feed::start(
+                self.clients[r.node].clone(),
+                &self.opts,
+                r.from_offset,
+            ));
+        }
+        let Some(f) = feed.as_mut() else {
+            return;
+        };
+        match f.take_leftover(r.max_entries) {
+            Some(batch) => self.core.on_read_result(Instant::now(), r.node, Ok(batch)),
+            None => self.awaiting[r.node] = Some(r.max_entries),
+        }
+    }
+
+    fn on_frame(&mut self, node: usize, frame: Option<FeedFrame>) {
+        let Some(max_entries) = self.awaiting[node].take() else {
+            debug_assert!(false, "a feed frame for node {node} nobody waited for");
+            return;
+        };
+        let result = match frame {
+            Some((_, Ok(batch))) => {
+                let (now, later) = split_batch(batch, max_entries);
+                if let Some(f) = self.feeds[node].as_mut() {
+                    f.next_from = later.as_ref().map_or(now.next_offset, |l| l.next_offset);
+                    f.leftover = later;
+                }
+                Ok(now)
+            }
+            Some((_, Err(failure))) => {
+                self.feeds[node] = None;
+                Err(failure)
+            }
+            None => {
+                self.feeds[node] = None;
+                Err(ReadFailure::Unreachable(
+                    "the node's feed ended without an answer".to_string(),
+                ))
+            }
+        };
+        self.core.on_read_result(Instant::now(), node, result);
     }
 
     fn take_batch(&mut self) -> Option<ConsumedBatch> {
@@ -328,5 +520,47 @@ pub fn cursor_from_pb(c: &pb::ConsumerCursor) -> Cursor {
                 }
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(offsets: std::ops::Range<u64>, next_offset: u64) -> ReadBatch {
+        ReadBatch {
+            incarnation: [3; 16],
+            start_offset: 0,
+            durable_head: 100,
+            next_offset,
+            entries: offsets.map(|o| (o, Bytes::from(vec![o as u8]))).collect(),
+        }
+    }
+
+    #[test]
+    fn a_split_batch_hands_out_a_prefix_and_resumes_at_the_rest() {
+        let (now, later) = split_batch(batch(10..20, 25), 4);
+        assert_eq!(
+            now.entries.iter().map(|e| e.0).collect::<Vec<_>>(),
+            [10, 11, 12, 13]
+        );
+        assert_eq!(
+            now.next_offset, 14,
+            "the next read starts at the first entry kept back"
+        );
+        let later = later.expect("6 entries kept back");
+        assert_eq!(later.entries.first().map(|e| e.0), Some(14));
+        assert_eq!(
+            later.next_offset, 25,
+            "the rest ends where the node's answer ended"
+        );
+        assert_eq!((later.durable_head, later.incarnation), (100, [3; 16]));
+
+        let (whole, none) = split_batch(batch(10..20, 25), 10);
+        assert_eq!((whole.entries.len(), whole.next_offset), (10, 25));
+        assert!(none.is_none());
+        let (empty, none) = split_batch(batch(0..0, 7), 3);
+        assert_eq!((empty.entries.len(), empty.next_offset), (0, 7));
+        assert!(none.is_none());
     }
 }

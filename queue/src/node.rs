@@ -25,6 +25,8 @@ use crate::entry;
 
 /// The longest a read may wait for new entries (long poll).
 pub const MAX_READ_WAIT_MS: u32 = 30_000;
+/// A subscription's frame interval without new entries, when the consumer does not say.
+const DEFAULT_SUBSCRIBE_IDLE_MS: u32 = 1_000;
 /// The most entries one read answers, whatever the client asks.
 pub const MAX_READ_ENTRIES: u32 = 10_000;
 /// Appends in flight to the log writer before callers wait.
@@ -205,7 +207,12 @@ pub async fn start(deployment: &Deployment, node_id: &str) -> Result<RunningNode
         wire::MAX_FRAME_BYTES,
         move |peer: Arc<Identity>, req: pb::Request| {
             let st = serve_state.clone();
-            async move { handle(&st, &peer, req).await }
+            async move {
+                match req.body {
+                    Some(pb::request::Body::Subscribe(s)) if supported(&req) => subscribe(st, s),
+                    _ => handle(&st, &peer, req).await.into(),
+                }
+            }
         },
     ));
 
@@ -258,8 +265,12 @@ fn may_write(st: &NodeState, peer: &Identity) -> bool {
     }
 }
 
+fn supported(req: &pb::Request) -> bool {
+    (1..=wire::PROTOCOL_VERSION).contains(&req.protocol_version)
+}
+
 async fn handle(st: &NodeState, peer: &Identity, req: pb::Request) -> pb::Response {
-    if req.protocol_version == 0 || req.protocol_version > wire::PROTOCOL_VERSION {
+    if !supported(&req) {
         return error(
             pb::ErrorCode::UnsupportedVersion,
             format!(
@@ -290,6 +301,13 @@ async fn handle(st: &NodeState, peer: &Identity, req: pb::Request) -> pb::Respon
             append(st, a.entries).await
         }
         Some(pb::request::Body::Read(r)) => read(st, r).await,
+        Some(pb::request::Body::Subscribe(_)) => {
+            debug_assert!(false, "subscriptions are answered before `handle`");
+            error(
+                pb::ErrorCode::BadRequest,
+                "a subscription must be the only request of its stream",
+            )
+        }
         Some(pb::request::Body::RegionStatus(_)) => error(
             pb::ErrorCode::BadRequest,
             format!(
@@ -298,6 +316,13 @@ async fn handle(st: &NodeState, peer: &Identity, req: pb::Request) -> pb::Respon
             ),
         ),
         Some(pb::request::Body::CheckpointReport(r)) => checkpoint_report(st, peer, r).await,
+        Some(pb::request::Body::GatewayForward(_)) => error(
+            pb::ErrorCode::BadRequest,
+            format!(
+                "gateway_forward is a gateway request; node {} is a queue node: send it to the home region's gateway",
+                st.node_id
+            ),
+        ),
         Some(pb::request::Body::Status(_)) => ok(pb::response::Body::Status(status(st))),
         Some(pb::request::Body::Trim(t)) => {
             if !may_write(st, peer) {
@@ -421,6 +446,38 @@ async fn read(st: &NodeState, r: pb::ReadRequest) -> pb::Response {
         })),
         Err(e) => log_error(st, e),
     }
+}
+
+/// Follows the log for one consumer: one read after another from where the previous ended, each
+/// waiting up to `idle_ms` for new entries, written as frames of one streaming reply. The next read
+/// starts as soon as QUIC took the previous frame, so a new entry leaves for the consumer the
+/// moment it is durable, instead of when the consumer's next request arrives a WAN delay later.
+/// An error frame (the log failed) ends the stream; the consumer retries with backoff.
+fn subscribe(st: Arc<NodeState>, s: pb::SubscribeRequest) -> wire::Reply {
+    let idle_ms = if s.idle_ms == 0 {
+        DEFAULT_SUBSCRIBE_IDLE_MS
+    } else {
+        s.idle_ms.min(MAX_READ_WAIT_MS)
+    };
+    let frames = futures::stream::unfold(Some(s.from_offset), move |from| {
+        let st = st.clone();
+        async move {
+            let from_offset = from?;
+            let req = pb::ReadRequest {
+                from_offset,
+                max_bytes: s.max_bytes,
+                max_entries: s.max_entries,
+                wait_ms: idle_ms,
+            };
+            let response = read(&st, req).await;
+            let next = match &response.body {
+                Some(pb::response::Body::Read(r)) => Some(r.next_offset),
+                _ => None,
+            };
+            Some((response, next))
+        }
+    });
+    wire::Reply::Stream(Box::pin(frames))
 }
 
 fn status(st: &NodeState) -> pb::StatusResponse {

@@ -1,12 +1,17 @@
 //! The region's HTTP record API (internal: no tickets; the gateway puts routing and tickets in
 //! front of it). `PUT/GET/DELETE /v1/users/{uid}/records/{key}`, plus `GET /v1/digest` and
 //! `GET /v1/status` for operators and tests.
+//!
+//! `GET` takes `?min_version=V&wait_ms=N` for the gateway's `critical` reads: the answer waits
+//! (at most `N` ms, capped at [`MAX_READ_WAIT_MS`]) until replay applied version `V` or newer,
+//! then shows whatever the store holds; the caller compares the `ETag` with `V`.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -22,6 +27,18 @@ pub const HOME_REGION_HEADER: &str = "homeport-home-region";
 const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// Longest idempotency key accepted, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+/// Longest a read may wait for `min_version`, in ms: the wait holds a request open.
+pub const MAX_READ_WAIT_MS: u64 = 30_000;
+/// How often a read waiting for `min_version` looks at the store again. Bounded polling keeps
+/// the wait out of the replay path; at this interval a 1 s wait costs at most 100 point reads.
+const READ_POLL_INTERVAL_MS: u64 = 10;
+
+/// `?min_version=V&wait_ms=N` of a read (other parameters are ignored).
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct ReadParams {
+    min_version: Option<u64>,
+    wait_ms: Option<u64>,
+}
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     // One byte over the limit reaches the handler, which then names the limit in its answer.
@@ -210,17 +227,45 @@ fn store_error(e: StoreError) -> Response {
 async fn get_record(
     State(shared): State<Arc<Shared>>,
     Path((uid, key)): Path<(String, String)>,
+    params: Result<Query<ReadParams>, QueryRejection>,
 ) -> Response {
-    let store = shared.store.clone();
-    let (u, k) = (uid.clone(), key.clone());
-    let found = match tokio::task::spawn_blocking(move || store.read(&u, &k)).await {
-        Ok(r) => r,
+    let params = match params {
+        Ok(Query(p)) => p,
         Err(e) => {
             return problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("read task failed: {e}"),
+                StatusCode::BAD_REQUEST,
+                format!("min_version and wait_ms must be whole numbers: {e}"),
             );
         }
+    };
+    let wait_ms = params.wait_ms.unwrap_or(0).min(MAX_READ_WAIT_MS);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    let found = loop {
+        let store = shared.store.clone();
+        let (u, k) = (uid.clone(), key.clone());
+        let found = match tokio::task::spawn_blocking(move || store.read(&u, &k)).await {
+            Ok(r) => r,
+            Err(e) => {
+                return problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("read task failed: {e}"),
+                );
+            }
+        };
+        let Some(min_version) = params.min_version else {
+            break found;
+        };
+        let reached = match &found {
+            Ok(Some(rec)) => rec.version >= min_version,
+            Ok(None) => false,
+            Err(_) => true,
+        };
+        let now = tokio::time::Instant::now();
+        if reached || now >= deadline || shared.is_shutting_down() {
+            break found;
+        }
+        let pause = std::time::Duration::from_millis(READ_POLL_INTERVAL_MS);
+        tokio::time::sleep_until((now + pause).min(deadline)).await;
     };
     match found {
         Ok(Some(rec)) => {

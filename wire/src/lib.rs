@@ -34,7 +34,8 @@ pub use frame::{
 };
 pub use identity::{IDENTITY_DNS_SUFFIX, Identity, Role};
 pub use rpc::{
-    MIN_PROTOCOL_VERSION, call, error_response, read_frame, request, serve, write_frame,
+    MIN_PROTOCOL_VERSION, Reply, ResponseStream, call, error_response, open_stream, read_frame,
+    request, serve, write_frame,
 };
 pub use tls::{
     EndpointLimits, TlsFiles, cert_identity, client_endpoint, connect, peer_identity,

@@ -1,6 +1,11 @@
 //! One request per bidirectional stream: the client writes one `Request` frame and finishes its
 //! side, the server answers with one `Response` frame and finishes. Streams are cheap in QUIC, so
 //! concurrent requests never wait behind each other (no head-of-line blocking, no request ids).
+//!
+//! A handler may instead answer with a sequence of `Response` frames ([`Reply::Stream`], read by
+//! [`open_stream`]), for subscriptions where the next answer should already be travelling while
+//! the client handles the previous one. QUIC's per-stream flow control is the back-pressure: a
+//! client that stops reading stops the server's writes, so nothing piles up in memory.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,6 +26,109 @@ pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// First receive-buffer reservation for a frame that arrives in pieces; the buffer then grows
 /// with the bytes actually received, so memory follows data, not the announced length.
 const INITIAL_FRAME_BUFFER_BYTES: usize = 64 << 10;
+
+/// What a handler answers: one response, or a sequence of them on the same stream.
+pub enum Reply {
+    One(pb::Response),
+    /// Frames are written in order; the stream is finished when it ends. It is polled for the
+    /// next frame only once the previous one was handed to QUIC, so a client that stops reading
+    /// (flow control) stops the producer too, and it is dropped as soon as the client goes away
+    /// or the connection ends: no task outlives the stream.
+    Stream(futures::stream::BoxStream<'static, pb::Response>),
+}
+
+impl From<pb::Response> for Reply {
+    fn from(response: pb::Response) -> Self {
+        Reply::One(response)
+    }
+}
+
+/// The client's side of a streaming reply (see [`open_stream`]). Dropping it resets the stream,
+/// which tells the server to stop.
+pub struct ResponseStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    max_frame_bytes: usize,
+}
+
+impl ResponseStream {
+    /// The next response frame, or `Ok(None)` when the server finished the stream. Waits at
+    /// most `timeout_ms` (a server that went silent is indistinguishable from a dead one).
+    pub async fn next(&mut self, timeout_ms: u64) -> Result<Option<pb::Response>, WireError> {
+        let read = async {
+            let mut prefix = [0u8; FRAME_PREFIX_BYTES];
+            match self.recv.read(&mut prefix[..1]).await.map_err(read_error)? {
+                None => return Ok(None),
+                Some(0) => {
+                    return Err(WireError::Stream {
+                        what: "reading a frame",
+                        detail: "stream returned no bytes".to_string(),
+                    });
+                }
+                Some(_) => {}
+            }
+            self.recv
+                .read_exact(&mut prefix[1..])
+                .await
+                .map_err(|e| exact_error(e, 1))?;
+            let len = decode_frame_len(prefix, self.max_frame_bytes)?;
+            let body = read_body(&mut self.recv, len).await?;
+            decode_body::<pb::Response>(body).map(Some)
+        };
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), read).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(WireError::Timeout {
+                what: "the next frame of a streaming reply".to_string(),
+                timeout_ms,
+            }),
+        }
+    }
+}
+
+impl Drop for ResponseStream {
+    fn drop(&mut self) {
+        let _ = self.send.reset(quinn::VarInt::from_u32(0));
+        let _ = self.recv.stop(quinn::VarInt::from_u32(0));
+    }
+}
+
+/// Sends `req` on a new stream whose server answers with a sequence of frames ([`Reply::Stream`]).
+/// Waits at most `timeout_ms` to open the stream and send the request; read the answers with
+/// [`ResponseStream::next`].
+pub async fn open_stream(
+    conn: &quinn::Connection,
+    req: &pb::Request,
+    timeout_ms: u64,
+    max_frame_bytes: usize,
+) -> Result<ResponseStream, WireError> {
+    let frame = encode_frame(req)?;
+    let open = async {
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|source| WireError::Connection {
+                what: "opening a request stream",
+                source,
+            })?;
+        write_bytes(&mut send, frame).await?;
+        send.finish().map_err(|e| WireError::Stream {
+            what: "finishing a request",
+            detail: e.to_string(),
+        })?;
+        Ok(ResponseStream {
+            send,
+            recv,
+            max_frame_bytes,
+        })
+    };
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), open).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(WireError::Timeout {
+            what: format!("opening a stream to {}", conn.remote_address()),
+            timeout_ms,
+        }),
+    }
+}
 
 /// A request carrying this build's protocol version.
 pub fn request(body: pb::request::Body) -> pb::Request {
@@ -68,21 +176,29 @@ pub async fn read_frame<M: prost::Message + Default>(
     max_frame_bytes: usize,
 ) -> Result<M, WireError> {
     let mut prefix = [0u8; FRAME_PREFIX_BYTES];
-    recv.read_exact(&mut prefix).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(0) => WireError::Stream {
+    recv.read_exact(&mut prefix)
+        .await
+        .map_err(|e| exact_error(e, 0))?;
+    let len = decode_frame_len(prefix, max_frame_bytes)?;
+    decode_body(read_body(recv, len).await?)
+}
+
+/// A failed read of the length prefix, of which `already` bytes had arrived before.
+fn exact_error(e: quinn::ReadExactError, already: usize) -> WireError {
+    match e {
+        quinn::ReadExactError::FinishedEarly(n) if n + already == 0 => WireError::Stream {
             what: "reading a frame",
             detail: "the peer finished the stream without sending a frame".to_string(),
         },
         quinn::ReadExactError::FinishedEarly(n) => WireError::Stream {
             what: "reading a frame",
             detail: format!(
-                "the stream ended after {n} of the {FRAME_PREFIX_BYTES} length-prefix bytes"
+                "the stream ended after {} of the {FRAME_PREFIX_BYTES} length-prefix bytes",
+                n + already
             ),
         },
         quinn::ReadExactError::ReadError(e) => read_error(e),
-    })?;
-    let len = decode_frame_len(prefix, max_frame_bytes)?;
-    decode_body(read_body(recv, len).await?)
+    }
 }
 
 async fn read_body(recv: &mut quinn::RecvStream, len: usize) -> Result<Bytes, WireError> {
@@ -185,10 +301,11 @@ pub async fn call(
 ///
 /// A handler runs to completion even if its peer goes away, so handlers never see cancellation
 /// mid-way except when `serve` itself ends or is dropped.
-pub async fn serve<H, F>(endpoint: quinn::Endpoint, max_frame_bytes: usize, handler: H)
+pub async fn serve<H, F, R>(endpoint: quinn::Endpoint, max_frame_bytes: usize, handler: H)
 where
     H: Fn(Arc<Identity>, pb::Request) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = pb::Response> + Send + 'static,
+    F: Future<Output = R> + Send + 'static,
+    R: Into<Reply> + Send + 'static,
 {
     let mut connections = JoinSet::new();
     loop {
@@ -207,10 +324,11 @@ where
     debug!("endpoint closed; serve returns");
 }
 
-async fn serve_connection<H, F>(incoming: quinn::Incoming, max_frame_bytes: usize, handler: H)
+async fn serve_connection<H, F, R>(incoming: quinn::Incoming, max_frame_bytes: usize, handler: H)
 where
     H: Fn(Arc<Identity>, pb::Request) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = pb::Response> + Send + 'static,
+    F: Future<Output = R> + Send + 'static,
+    R: Into<Reply> + Send + 'static,
 {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
@@ -269,7 +387,7 @@ fn log_panic(joined: Result<(), tokio::task::JoinError>, peer: Option<&Identity>
     }
 }
 
-async fn serve_stream<H, F>(
+async fn serve_stream<H, F, R>(
     identity: Arc<Identity>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -277,12 +395,20 @@ async fn serve_stream<H, F>(
     handler: H,
 ) where
     H: Fn(Arc<Identity>, pb::Request) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = pb::Response> + Send + 'static,
+    F: Future<Output = R> + Send + 'static,
+    R: Into<Reply> + Send + 'static,
 {
     let response = match read_frame::<pb::Request>(&mut recv, max_frame_bytes).await {
         Ok(request) => match refuse(&request) {
             Some(refusal) => refusal,
-            None => handler(identity.clone(), request).await,
+            None => match handler(identity.clone(), request).await.into() {
+                Reply::One(response) => response,
+                Reply::Stream(frames) => {
+                    drop(recv);
+                    write_stream(&identity, send, frames).await;
+                    return;
+                }
+            },
         },
         Err(e @ WireError::FrameTooLarge { .. }) => {
             // Stop the peer sending the rest of a frame we will never read.
@@ -314,6 +440,38 @@ async fn serve_stream<H, F>(
     if let Err(e) = write_bytes(&mut send, frame).await {
         debug!(peer = %identity, error = %e, "could not write a response");
         return;
+    }
+    let _ = send.finish();
+}
+
+/// Writes a streaming reply's frames as they come; finishes the QUIC stream when `frames` ends.
+/// Returns (dropping `frames`) as soon as the client goes away.
+async fn write_stream(
+    identity: &Identity,
+    mut send: quinn::SendStream,
+    mut frames: futures::stream::BoxStream<'static, pb::Response>,
+) {
+    use futures::StreamExt;
+    loop {
+        let response = tokio::select! {
+            next = frames.next() => match next {
+                Some(response) => response,
+                None => break,
+            },
+            // The client reset its side while the producer had nothing to send.
+            _ = send.stopped() => return,
+        };
+        let frame = match encode_frame(&response) {
+            Ok(frame) => frame,
+            Err(e) => {
+                error!(peer = %identity, error = %e, "handler produced an unsendable stream frame");
+                return;
+            }
+        };
+        if let Err(e) = write_bytes(&mut send, frame).await {
+            debug!(peer = %identity, error = %e, "streaming reply ended by the peer");
+            return;
+        }
     }
     let _ = send.finish();
 }

@@ -91,8 +91,7 @@ pub fn server_endpoint(
 
     let reset_key = stateless_reset_key(&material.key);
     let client_config = build_client_config(tls, material, transport)?;
-    let socket =
-        std::net::UdpSocket::bind(bind).map_err(|source| WireError::Bind { addr: bind, source })?;
+    let socket = bind_udp(bind).map_err(|source| WireError::Bind { addr: bind, source })?;
     let mut endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::new(Arc::new(reset_key)),
         Some(server_config),
@@ -124,10 +123,36 @@ pub fn client_endpoint(
 ) -> Result<quinn::Endpoint, WireError> {
     let material = Material::load(tls)?;
     let client_config = build_client_config(tls, material, transport_config(limits)?)?;
-    let mut endpoint =
-        quinn::Endpoint::client(bind).map_err(|source| WireError::Bind { addr: bind, source })?;
+    let socket = bind_udp(bind).map_err(|source| WireError::Bind { addr: bind, source })?;
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| WireError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(client_config);
     Ok(endpoint)
+}
+
+/// Socket buffer asked for each endpoint's UDP socket, each direction. The kernel default
+/// (~208 KiB) overflows when a replica catches up at tens of MB/s: datagrams are dropped before
+/// QUIC sees them (`RcvbufErrors`), and QUIC reads the loss as congestion and slows down. The
+/// kernel caps the request at `net.core.rmem_max` / `wmem_max`.
+const UDP_SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+fn bind_udp(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer only costs throughput under bursts, never correctness.
+    if let Err(e) = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER_BYTES) {
+        tracing::debug!(error = %e, "could not enlarge the UDP receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(UDP_SOCKET_BUFFER_BYTES) {
+        tracing::debug!(error = %e, "could not enlarge the UDP send buffer");
+    }
+    socket.bind(&bind.into())?;
+    Ok(socket.into())
 }
 
 /// Connects to `server` at `addr`. The handshake fails unless the server's certificate chains to

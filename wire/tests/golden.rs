@@ -61,6 +61,15 @@ fn read_request() -> pb::ReadRequest {
     }
 }
 
+fn subscribe_request() -> pb::SubscribeRequest {
+    pb::SubscribeRequest {
+        from_offset: 7,
+        max_bytes: 1 << 20,
+        max_entries: 100,
+        idle_ms: 500,
+    }
+}
+
 fn read_response() -> pb::ReadResponse {
     pb::ReadResponse {
         incarnation: Bytes::from_static(&INCARNATION),
@@ -220,6 +229,32 @@ fn stored_checkpoint() -> pb::StoredCheckpoint {
     }
 }
 
+fn http_header() -> pb::HttpHeader {
+    pb::HttpHeader {
+        name: "if-match".into(),
+        value: Bytes::from_static(b"\"3\""),
+    }
+}
+
+fn gateway_forward_request() -> pb::GatewayForwardRequest {
+    pb::GatewayForwardRequest {
+        method: "PUT".into(),
+        path_and_query: "/v1/users/sh-1/records/k?x=1".into(),
+        headers: vec![http_header()],
+        body: Bytes::from_static(b"v1"),
+        origin_region: "hk".into(),
+        client_addr: "127.0.0.1:5000".into(),
+    }
+}
+
+fn gateway_forward_response() -> pb::GatewayForwardResponse {
+    pb::GatewayForwardResponse {
+        status: 201,
+        headers: vec![http_header()],
+        body: Bytes::from_static(b"ok"),
+    }
+}
+
 fn req(body: pb::request::Body) -> pb::Request {
     pb::Request {
         protocol_version: 1,
@@ -240,6 +275,8 @@ fn request_variant(body: &pb::request::Body) -> &'static str {
         pb::request::Body::Trim(_) => "trim",
         pb::request::Body::RegionStatus(_) => "region_status",
         pb::request::Body::CheckpointReport(_) => "checkpoint_report",
+        pb::request::Body::Subscribe(_) => "subscribe",
+        pb::request::Body::GatewayForward(_) => "gateway_forward",
     }
 }
 
@@ -253,6 +290,7 @@ fn response_variant(body: &pb::response::Body) -> &'static str {
         pb::response::Body::Error(_) => "error",
         pb::response::Body::RegionStatus(_) => "region_status",
         pb::response::Body::CheckpointReport(_) => "checkpoint_report",
+        pb::response::Body::GatewayForward(_) => "gateway_forward",
     }
 }
 
@@ -283,7 +321,12 @@ impl Golden {
 
 /// Every .proto file whose messages must have golden bytes here. The test fails when the proto
 /// directory holds a file this list does not name, so a new file cannot slip past.
-const PROTO_FILES: [&str; 3] = ["change.proto", "queue.proto", "store.proto"];
+const PROTO_FILES: [&str; 4] = [
+    "change.proto",
+    "queue.proto",
+    "store.proto",
+    "gateway.proto",
+];
 
 fn proto_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto/homeport/v1")
@@ -341,6 +384,7 @@ fn every_message_matches_its_golden_bytes() {
         "0a10000102030405060708090a0b0c0d0e0f10071809",
     );
     g.check(read_request(), "080710808040186420f403");
+    g.check(subscribe_request(), "080710808040186420f403");
     g.check(
         read_response(),
         "0a10000102030405060708090a0b0c0d0e0f1208080712040a0273681208080812040a027368180320092809",
@@ -386,6 +430,14 @@ fn every_message_matches_its_golden_bytes() {
     g.check(stored_idempotency(), "0807100b18fbd095ffbc312204deadbeef");
     g.check(stored_checkpoint(), "0a3e0a1d0a0773682d67312d611210000102030405060708090a0b0c0d0e0f18090a1d0a0773682d67312d621210000102030405060708090a0b0c0d0e0f1804100118fbd095ffbc3120ac0228c8d395ffbc31");
 
+    // gateway.proto
+    g.check(http_header(), "0a0869662d6d617463681203223322");
+    g.check(gateway_forward_request(), "0a03505554121c2f76312f75736572732f73682d312f7265636f7264732f6b3f783d311a0f0a0869662d6d617463681203223322220276312a02686b320e3132372e302e302e313a35303030");
+    g.check(
+        gateway_forward_response(),
+        "08c901120f0a0869662d6d6174636812032233221a026f6b",
+    );
+
     let mut request_variants = BTreeSet::new();
     for (body, hex) in [
         (
@@ -405,6 +457,14 @@ fn every_message_matches_its_golden_bytes() {
         (
             pb::request::Body::CheckpointReport(checkpoint_report()),
             "08013a180a02686b1210000102030405060708090a0b0c0d0e0f1878",
+        ),
+        (
+            pb::request::Body::Subscribe(subscribe_request()),
+            "0801420b080710808040186420f403",
+        ),
+        (
+            pb::request::Body::GatewayForward(gateway_forward_request()),
+            "0801a2014c0a03505554121c2f76312f75736572732f73682d312f7265636f7264732f6b3f783d311a0f0a0869662d6d617463681203223322220276312a02686b320e3132372e302e302e313a35303030",
         ),
     ] {
         request_variants.insert(request_variant(&body));
@@ -437,6 +497,10 @@ fn every_message_matches_its_golden_bytes() {
             pb::response::Body::CheckpointReport(checkpoint_report_response()),
             "32020869",
         ),
+        (
+            pb::response::Body::GatewayForward(gateway_forward_response()),
+            "a2011808c901120f0a0869662d6d6174636812032233221a026f6b",
+        ),
     ] {
         response_variants.insert(response_variant(&body));
         g.check(resp(body), hex);
@@ -449,12 +513,12 @@ fn every_message_matches_its_golden_bytes() {
     );
     assert_eq!(
         request_variants.len(),
-        6,
+        8,
         "every request type needs golden bytes"
     );
     assert_eq!(
         response_variants.len(),
-        7,
+        8,
         "every response type needs golden bytes"
     );
 

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use homeport_wire::{
-    ALPN, DevCertSpec, EndpointLimits, Identity, MAX_FRAME_BYTES, PROTOCOL_VERSION, Role, TlsFiles,
-    WireError, call, client_endpoint, connect, generate_dev_certs, pb, peer_identity, read_frame,
-    request, serve, server_endpoint,
+    ALPN, DevCertSpec, EndpointLimits, Identity, MAX_FRAME_BYTES, PROTOCOL_VERSION, Reply, Role,
+    TlsFiles, WireError, call, client_endpoint, connect, generate_dev_certs, open_stream, pb,
+    peer_identity, read_frame, request, serve, server_endpoint,
 };
 use rustls_pki_types::pem::PemObject;
 
@@ -79,7 +79,9 @@ async fn accept_one(
     incoming.await
 }
 
-/// A server whose handler counts its calls and echoes who asked (in `node_id`).
+/// A server whose handler counts its calls and echoes who asked (in `node_id`). A subscribe
+/// streams `max_entries` read frames (offsets from `from_offset` on) and finishes, or with
+/// `max_entries == 0` streams until the client goes away, then counts a stop in `STREAMS_STOPPED`.
 fn spawn_server(
     endpoint: quinn::Endpoint,
     max_frame_bytes: usize,
@@ -91,6 +93,7 @@ fn spawn_server(
         async move {
             counter.fetch_add(1, Ordering::SeqCst);
             let body = match req.body {
+                Some(pb::request::Body::Subscribe(s)) => return subscribe_reply(s),
                 Some(pb::request::Body::Append(a)) => {
                     pb::response::Body::Append(pb::AppendResponse {
                         incarnation: Bytes::from(peer.dns_name()),
@@ -117,14 +120,57 @@ fn spawn_server(
                 // Never answers, to test call timeouts.
                 Some(pb::request::Body::Trim(_)) => std::future::pending().await,
                 Some(
-                    pb::request::Body::RegionStatus(_) | pb::request::Body::CheckpointReport(_),
+                    pb::request::Body::RegionStatus(_)
+                    | pb::request::Body::CheckpointReport(_)
+                    | pb::request::Body::GatewayForward(_),
                 ) => pb::response::Body::Error(pb::ErrorResponse::default()),
                 None => unreachable!("serve must not pass requests without a body"),
             };
-            pb::Response { body: Some(body) }
+            Reply::One(pb::Response { body: Some(body) })
         }
     }));
     (calls, task)
+}
+
+static STREAMS_STOPPED: AtomicUsize = AtomicUsize::new(0);
+
+fn subscribe_reply(s: pb::SubscribeRequest) -> Reply {
+    /// Counts in `STREAMS_STOPPED` when the stream is dropped before its end.
+    struct Producer {
+        offset: u64,
+        end: Option<u64>,
+    }
+    impl Drop for Producer {
+        fn drop(&mut self) {
+            if self.end != Some(self.offset) {
+                STREAMS_STOPPED.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+    let producer = Producer {
+        offset: s.from_offset,
+        end: (s.max_entries != 0).then(|| s.from_offset + u64::from(s.max_entries)),
+    };
+    Reply::Stream(Box::pin(futures::stream::unfold(
+        producer,
+        |mut p| async move {
+            if p.end == Some(p.offset) {
+                return None;
+            }
+            let frame = pb::Response {
+                body: Some(pb::response::Body::Read(pb::ReadResponse {
+                    entries: vec![pb::StoredEntry {
+                        offset: p.offset,
+                        entry: Bytes::from(vec![1u8; 1000]),
+                    }],
+                    next_offset: p.offset + 1,
+                    ..Default::default()
+                })),
+            };
+            p.offset += 1;
+            Some((frame, p))
+        },
+    )))
 }
 
 fn status_request() -> pb::Request {
@@ -396,6 +442,74 @@ async fn call_round_trips_through_serve() {
     })
     .await;
     assert_eq!(calls.load(Ordering::SeqCst), 33);
+}
+
+#[tokio::test]
+async fn a_streaming_reply_arrives_in_order_and_stops_when_the_client_goes_away() {
+    let dir = pki();
+    let server = server(dir.path());
+    let server_addr = addr(&server);
+    let (_calls, _task) = spawn_server(server, MAX_FRAME_BYTES);
+    let client = client(&files(dir.path(), "region-sh"));
+    let conn = within(
+        "connect",
+        connect(&client, server_addr, &server_id(), CALL_TIMEOUT_MS),
+    )
+    .await
+    .unwrap();
+    let subscribe = |from_offset, max_entries| {
+        request(pb::request::Body::Subscribe(pb::SubscribeRequest {
+            from_offset,
+            max_entries,
+            ..Default::default()
+        }))
+    };
+
+    // A finite stream: every frame in order, then a clean end.
+    let mut stream = within(
+        "open",
+        open_stream(&conn, &subscribe(5, 50), CALL_TIMEOUT_MS, MAX_FRAME_BYTES),
+    )
+    .await
+    .unwrap();
+    let mut offsets = Vec::new();
+    while let Some(resp) = within("next frame", stream.next(CALL_TIMEOUT_MS))
+        .await
+        .unwrap()
+    {
+        match resp.body {
+            Some(pb::response::Body::Read(r)) => offsets.push(r.entries[0].offset),
+            other => panic!("expected a read frame, got {other:?}"),
+        }
+    }
+    assert_eq!(offsets, (5..55).collect::<Vec<u64>>());
+
+    // An endless stream (far more than flow control lets through unread): dropping the client's
+    // side stops the producer.
+    let stopped_before = STREAMS_STOPPED.load(Ordering::SeqCst);
+    let mut endless = within(
+        "open",
+        open_stream(&conn, &subscribe(0, 0), CALL_TIMEOUT_MS, MAX_FRAME_BYTES),
+    )
+    .await
+    .unwrap();
+    for expected in 0..10u64 {
+        let resp = within("next frame", endless.next(CALL_TIMEOUT_MS))
+            .await
+            .unwrap()
+            .expect("an endless stream does not end");
+        match resp.body {
+            Some(pb::response::Body::Read(r)) => assert_eq!(r.entries[0].offset, expected),
+            other => panic!("expected a read frame, got {other:?}"),
+        }
+    }
+    drop(endless);
+    within("the producer to stop", async {
+        while STREAMS_STOPPED.load(Ordering::SeqCst) == stopped_before {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -247,17 +247,7 @@ fn main() -> ExitCode {
 // ---------------------------------------------------------------------------------------------
 // The deployment under test
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-/// Keep-alive HTTP/1.1 client; the pool opens another connection whenever all are busy, so an
-/// open-loop generator gets as many concurrent connections as its requests need.
-fn http_client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector)
-}
+use homeport_integration::{BenchHttpClient as HttpClient, bench_http_client as http_client};
 
 /// One answer, body read to the end.
 struct Resp {

@@ -1,0 +1,370 @@
+//! The gateway's upstream proxy against nginx: one trivial backend (a 2-byte answer), measured
+//! by wrk (closed loop, keep-alive) directly, through the gateway (`homeport gateway`, ticket
+//! checked on every request, admission, home resolution, hop-by-hop headers, Forwarded), and
+//! through nginx as a reverse proxy with an upstream keep-alive pool. Same machine, same run.
+//!
+//! `scripts/bench-gateway.sh` installs nginx and wrk if missing, builds in release and runs this.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::Parser;
+use homeport_integration::{Cluster, ClusterSpec, GatewaySetup, RegionSetup, wait_until};
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+#[derive(Parser, Debug)]
+#[command(about = "Requests/s and latency: backend direct, via the homeport gateway, via nginx")]
+struct Args {
+    /// Seconds of each measured wrk run.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Seconds of the warm-up run before each measurement (not reported).
+    #[arg(long, default_value_t = 2)]
+    warmup_secs: u64,
+    /// Open connections of wrk.
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// wrk threads.
+    #[arg(long, default_value_t = 2)]
+    threads: u32,
+    /// nginx worker processes (the gateway uses one tokio worker per core, 2 here).
+    #[arg(long, default_value_t = 2)]
+    nginx_workers: u32,
+    #[arg(long, default_value = "wrk")]
+    wrk: PathBuf,
+    #[arg(long, default_value = "nginx")]
+    nginx: PathBuf,
+    /// Measure without nginx (when it is not installed).
+    #[arg(long)]
+    skip_nginx: bool,
+}
+
+/// What wrk reported for one target.
+#[derive(Debug, Clone)]
+struct Measured {
+    target: &'static str,
+    requests_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+    errors: String,
+}
+
+/// The trivial backend: "ok" to everything, keep-alive, HTTP/1.1.
+async fn start_backend() -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let svc = hyper::service::service_fn(|_req| async {
+                Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), svc)
+                .into_owned();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_nginx(args: &Args, dir: &Path, backend: SocketAddr) -> Result<(KillOnDrop, u16)> {
+    let port = free_port()?;
+    for sub in ["logs", "tmp"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    let conf = format!(
+        r#"worker_processes {workers};
+pid {dir}/nginx.pid;
+error_log {dir}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/tmp/body;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+    upstream backend {{
+        server {backend};
+        keepalive 128;
+    }}
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+}}
+"#,
+        workers = args.nginx_workers,
+        dir = dir.display(),
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let child = Command::new(&args.nginx)
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&path)
+        .args(["-g", "daemon off;"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (install it: apt-get install nginx, or pass --skip-nginx)",
+                args.nginx.display()
+            )
+        })?;
+    Ok((KillOnDrop(child), port))
+}
+
+/// Milliseconds from wrk's "1.23ms" / "456.00us" / "1.20s".
+fn parse_duration_ms(text: &str) -> Option<f64> {
+    let t = text.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        return None;
+    };
+    num.parse::<f64>().ok().map(|v| v * scale)
+}
+
+fn parse_wrk(target: &'static str, out: &str) -> Result<Measured> {
+    let mut m = Measured {
+        target,
+        requests_per_sec: 0.0,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        non_2xx: 0,
+        errors: String::new(),
+    };
+    for line in out.lines() {
+        let l = line.trim();
+        if let Some(v) = l.strip_prefix("Requests/sec:") {
+            m.requests_per_sec = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = l.strip_prefix("50%") {
+            m.p50_ms = parse_duration_ms(v).unwrap_or(f64::NAN);
+        } else if let Some(v) = l.strip_prefix("99%") {
+            m.p99_ms = parse_duration_ms(v).unwrap_or(f64::NAN);
+        } else if let Some(v) = l.strip_prefix("Non-2xx or 3xx responses:") {
+            m.non_2xx = v.trim().parse().unwrap_or(0);
+        } else if l.starts_with("Socket errors:") {
+            m.errors = l.to_owned();
+        }
+    }
+    if m.requests_per_sec == 0.0 {
+        bail!("wrk printed no Requests/sec for {target}:\n{out}");
+    }
+    Ok(m)
+}
+
+fn run_wrk(
+    args: &Args,
+    url: &str,
+    ticket: Option<&str>,
+    secs: u64,
+    target: &'static str,
+) -> Result<Measured> {
+    let mut cmd = Command::new(&args.wrk);
+    cmd.arg(format!("-t{}", args.threads))
+        .arg(format!("-c{}", args.connections))
+        .arg(format!("-d{secs}s"))
+        .arg("--latency");
+    if let Some(t) = ticket {
+        cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+    }
+    let out = cmd
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| {
+            format!(
+                "running {} (install it: apt-get install wrk)",
+                args.wrk.display()
+            )
+        })?;
+    if !out.status.success() {
+        bail!(
+            "wrk failed on {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parse_wrk(target, &String::from_utf8_lossy(&out.stdout))
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+async fn run(args: Args) -> Result<()> {
+    let backend = start_backend().await?;
+    let bin = std::env::current_exe()?.with_file_name("homeport-it");
+    let setup = GatewaySetup {
+        settings: vec![
+            "max_concurrency = 4096".into(),
+            "max_queued_requests = 4096".into(),
+            "upstream_max_idle_per_host = 1024".into(),
+        ],
+        region_toml: vec![(
+            "sh".into(),
+            format!("[[regions.upstreams]]\nprefix = \"/bench/\"\nurl = \"http://{backend}\""),
+        )],
+    };
+    let spec = ClusterSpec::one_region(1);
+    // Only the gateway runs: the upstream path needs neither queue nodes nor the region process.
+    let cluster = Cluster::with_gateways(&bin, &spec, &RegionSetup::default(), &setup)?;
+    cluster.start_gateway("sh")?;
+    let metrics = cluster.gateway_metrics_url("sh")?;
+    let metrics_addr: SocketAddr = metrics
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .parse()?;
+    wait_until("the gateway to listen", 30_000, || async {
+        tokio::net::TcpStream::connect(metrics_addr).await.is_ok()
+    })
+    .await
+    .with_context(|| cluster.node_log(&homeport_config::gateway_identity("sh")))?;
+    let ticket = cluster.ticket("sh-1")?;
+    let gateway_url = format!("{}/bench/x", cluster.gateway_url("sh")?);
+    let direct_url = format!("http://{backend}/bench/x");
+
+    let nginx_dir = tempfile::Builder::new()
+        .prefix("homeport-nginx-")
+        .tempdir()?;
+    let nginx = if args.skip_nginx {
+        None
+    } else {
+        let (child, port) = start_nginx(&args, nginx_dir.path(), backend)?;
+        wait_until("nginx to listen", 30_000, || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await?;
+        Some((child, format!("http://127.0.0.1:{port}/bench/x")))
+    };
+
+    let mut targets: Vec<(&'static str, String, Option<&str>)> = vec![
+        ("backend direct", direct_url, None),
+        ("homeport gateway", gateway_url, Some(ticket.as_str())),
+    ];
+    if let Some((_, url)) = &nginx {
+        targets.push(("nginx", url.clone(), None));
+    }
+    let load_before = loadavg();
+    let mut results = Vec::new();
+    for (name, url, t) in &targets {
+        eprintln!("bench-gateway: {name}: {url}");
+        let (args2, url2, t2) = (&args, url.clone(), t.map(str::to_owned));
+        // wrk blocks; run it off the async threads so the backend keeps serving.
+        let warm = tokio::task::block_in_place(|| {
+            run_wrk(args2, &url2, t2.as_deref(), args2.warmup_secs, name)
+        })?;
+        if warm.non_2xx > 0 {
+            bail!("{name}: {} non-2xx answers during warm-up", warm.non_2xx);
+        }
+        let m = tokio::task::block_in_place(|| {
+            run_wrk(args2, &url2, t2.as_deref(), args2.duration_secs, name)
+        })?;
+        results.push(m);
+    }
+    let load_after = loadavg();
+
+    println!(
+        "## Gateway upstream proxy vs nginx (wrk -t{} -c{} -d{}s, keep-alive, 2-byte answers)\n",
+        args.threads, args.connections, args.duration_secs
+    );
+    println!("| path | requests/s | p50 ms | p99 ms | non-2xx | socket errors |");
+    println!("| --- | ---: | ---: | ---: | ---: | --- |");
+    for m in &results {
+        println!(
+            "| {} | {:.0} | {:.3} | {:.3} | {} | {} |",
+            m.target,
+            m.requests_per_sec,
+            m.p50_ms,
+            m.p99_ms,
+            m.non_2xx,
+            if m.errors.is_empty() {
+                "none"
+            } else {
+                &m.errors
+            }
+        );
+    }
+    let direct = &results[0];
+    println!();
+    for m in &results[1..] {
+        println!(
+            "- {}: {:.2}x the direct throughput, p99 {:+.3} ms against direct",
+            m.target,
+            m.requests_per_sec / direct.requests_per_sec,
+            m.p99_ms - direct.p99_ms
+        );
+    }
+    if let (Some(g), Some(n)) = (
+        results.iter().find(|m| m.target == "homeport gateway"),
+        results.iter().find(|m| m.target == "nginx"),
+    ) {
+        println!(
+            "- gateway / nginx: {:.2}x throughput; p99 against direct {:+.3} ms vs nginx's {:+.3} ms",
+            g.requests_per_sec / n.requests_per_sec,
+            g.p99_ms - direct.p99_ms,
+            n.p99_ms - direct.p99_ms
+        );
+    }
+    println!(
+        "- load average before / after: {load_before} / {load_after} ({} cores)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    drop(nginx);
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    homeport_integration::bench_main("bench-gateway", run(args))
+}

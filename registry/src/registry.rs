@@ -1,0 +1,954 @@
+//! The registry's operations, each a short sequence of CASPaxos proposals, as a sans-IO state
+//! machine on top of a [`Proposer`].
+//!
+//! # Holding a WeChat ID: one at a time, crash-safe
+//!
+//! A user holds at most one WeChat ID. What the user holds is written in one place, the user's
+//! record `user/<uid>` ([`UserIds::held`]); the ID's own register `wxid/<id>` carries a
+//! [`Reservation`] naming the user and the *transition* that reserved it. Two invariants:
+//!
+//! - **I1** (held ⇒ reserved): if `user/u` holds `(x, t)`, then `wxid/x` is reserved by `(u, t)`.
+//!   Since `wxid/x` is one register with one value, no two users hold `x`, ever.
+//! - **I2** (reserved ⇒ backed, or stale for good): a reservation `(u, t)` of `x` is *backed* if
+//!   `user/u` holds `(x, t)` or has transition `t` to `x` pending ([`UserIds::backs`]). A
+//!   reservation that is not backed can never become backed again (transition ids only grow, and
+//!   a transition commits only while pending), so anyone may free it.
+//!
+//! Claiming `y` (or releasing, `to = None`) is a *transition* of the user record, each step one
+//! proposal and each step idempotent, so that any proposer can roll a half-done transition
+//! forward:
+//!
+//! 1. **Begin** on `user/u`: record `pending = {t, from: held, to: y}` with a fresh `t`
+//!    (refused while another transition is pending: that one is rolled forward first).
+//! 2. **Reserve** `wxid/y` for `(u, t)` if free or already `u`'s. If another user `v` has it,
+//!    read `user/v`: a backed reservation means `y` is taken (go to 2b); a stale one is freed
+//!    with a release conditional on exactly `(v, t_v)`, and 2 is retried.
+//!    2b. **Abort** on `user/u`: drop `pending` unless it committed meanwhile; answer "taken by v".
+//! 3. **Commit** on `user/u`: `held = (y, t)` if `t` is still pending. This is the moment the
+//!    user's ID changes; I1 holds because step 2 came first.
+//! 4. **Release** `wxid/x` (the old ID) conditional on exactly `(u, t_x)`: after 3, so I1 holds.
+//! 5. **Finish** on `user/u`: clear `pending`, remember `(t, committed)`.
+//!
+//! A crash anywhere leaves `pending` in the user record: the next operation on the user (Begin
+//! finds it), a claim by someone else that runs into the reservation (step 2 rolls nothing of
+//! another user forward, but its staleness check frees only dead reservations), or a sweeper
+//! ([`Operation::RollForward`] over the `user/` keys with a pending transition) finishes it. No
+//! ID is lost: an ID stays reserved only while backed (or until someone wants it and finds it
+//! stale), and the old ID is released by step 4 of whoever finishes the transition.
+//!
+//! Races between two proposers rolling the same transition are settled by the user record: commit
+//! and abort are both conditional on "pending is `t` and not committed", so exactly one wins, and
+//! the loser learns which ([`Outcome::Gone`] carries the record, whose `last_finished` says). A
+//! proposer that reserved `y` for a transition that turned out aborted frees it again (a
+//! release conditional on `(u, t)`), and if it crashes first the reservation is stale (I2).
+//!
+//! Lookups read `wxid/x` and then the owner's record, and report the ID free if the reservation
+//! is not backed. `Claiming` (a transition to the ID is pending) counts as taken for others.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+
+use crate::names::{NameError, WxId, WxidError, check_region, check_uid};
+use crate::paxos::proposer::{
+    Committed, OpId, Output, ProposeError, Proposer, ProposerConfig, ProposerConfigError,
+    SubmitError, TimerId,
+};
+use crate::paxos::{ProposerId, Reply, Request};
+use crate::values::{
+    Goal, HomeEntry, OpTag, Outcome, RegistryChange, Reservation, Transition, UserIds, decode_home,
+    decode_reservation, decode_user, home_key, user_key, wxid_key,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    pub proposer: ProposerConfig,
+    /// Proposals one operation may make before it gives up (a claim takes 5 without
+    /// contention; every concurrent transition of the same user or stale reservation adds a few).
+    pub max_steps_per_operation: u32,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            proposer: ProposerConfig::default(),
+            max_steps_per_operation: 32,
+        }
+    }
+}
+
+/// Names one submitted operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+/// What a caller can ask of the registry. Build them with the checking constructors
+/// ([`Operation::claim`], ...) so every name is valid before anything is proposed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// Make `wxid` the user's WeChat ID (releasing the one held now). Idempotent.
+    Claim {
+        wxid: WxId,
+        uid: String,
+    },
+    /// Stop holding `wxid`; only its holder may.
+    Release {
+        wxid: WxId,
+        uid: String,
+    },
+    /// Who holds `wxid`.
+    Lookup {
+        wxid: WxId,
+    },
+    /// Which ID `uid` holds.
+    UserWxid {
+        uid: String,
+    },
+    /// Finish the user's pending transition, if any (for a sweeper).
+    RollForward {
+        uid: String,
+    },
+    GetHome {
+        uid: String,
+    },
+    /// Set the user's home region if its epoch is `expected_epoch` (`None`: no entry yet).
+    SetHome {
+        uid: String,
+        region: String,
+        expected_epoch: Option<u64>,
+    },
+}
+
+impl Operation {
+    pub fn claim(wxid: &str, uid: &str) -> Result<Operation, RegistryError> {
+        check_uid(uid)?;
+        Ok(Operation::Claim {
+            wxid: WxId::parse(wxid)?,
+            uid: uid.to_owned(),
+        })
+    }
+
+    pub fn release(wxid: &str, uid: &str) -> Result<Operation, RegistryError> {
+        check_uid(uid)?;
+        Ok(Operation::Release {
+            wxid: WxId::parse(wxid)?,
+            uid: uid.to_owned(),
+        })
+    }
+
+    pub fn lookup(wxid: &str) -> Result<Operation, RegistryError> {
+        Ok(Operation::Lookup {
+            wxid: WxId::parse(wxid)?,
+        })
+    }
+
+    pub fn user_wxid(uid: &str) -> Result<Operation, RegistryError> {
+        check_uid(uid)?;
+        Ok(Operation::UserWxid {
+            uid: uid.to_owned(),
+        })
+    }
+
+    pub fn roll_forward(uid: &str) -> Result<Operation, RegistryError> {
+        check_uid(uid)?;
+        Ok(Operation::RollForward {
+            uid: uid.to_owned(),
+        })
+    }
+
+    pub fn get_home(uid: &str) -> Result<Operation, RegistryError> {
+        check_uid(uid)?;
+        Ok(Operation::GetHome {
+            uid: uid.to_owned(),
+        })
+    }
+
+    pub fn set_home(
+        uid: &str,
+        region: &str,
+        expected_epoch: Option<u64>,
+    ) -> Result<Operation, RegistryError> {
+        check_uid(uid)?;
+        check_region(region)?;
+        Ok(Operation::SetHome {
+            uid: uid.to_owned(),
+            region: region.to_owned(),
+            expected_epoch,
+        })
+    }
+
+    fn check(&self) -> Result<(), RegistryError> {
+        match self {
+            Operation::Claim { uid, .. }
+            | Operation::Release { uid, .. }
+            | Operation::UserWxid { uid }
+            | Operation::RollForward { uid }
+            | Operation::GetHome { uid } => check_uid(uid)?,
+            Operation::SetHome { uid, region, .. } => {
+                check_uid(uid)?;
+                check_region(region)?;
+            }
+            Operation::Lookup { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum WxidStatus {
+    Free,
+    Held {
+        uid: String,
+    },
+    /// A transition of `uid` to this ID is under way: taken, not yet held.
+    Claiming {
+        uid: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Answer {
+    /// The user now holds the ID; `released` is the ID given up for it.
+    Claimed {
+        released: Option<String>,
+    },
+    /// The user already held the ID; nothing changed.
+    AlreadyHeld,
+    Released,
+    /// Nobody held the ID; nothing changed.
+    AlreadyFree,
+    Status(WxidStatus),
+    /// The ID the user holds, and whether a change of it is under way.
+    UserWxid {
+        held: Option<String>,
+        changing: bool,
+    },
+    /// `transition`: the pending transition found and finished (`committed` says how).
+    RolledForward {
+        transition: Option<(u64, bool)>,
+    },
+    Home(Option<HomeEntry>),
+    HomeSet(HomeEntry),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Wxid(#[from] WxidError),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("WeChat ID {wxid:?} is taken by user {owner:?}; choose another ID")]
+    Taken { wxid: String, owner: String },
+    #[error(
+        "WeChat ID {wxid:?} is held by user {owner:?}, not by {uid:?}; only its holder may release it"
+    )]
+    NotOwner {
+        wxid: String,
+        uid: String,
+        owner: String,
+    },
+    #[error(
+        "the home entry of {uid:?} is {current:?}, not the expected epoch; read it again and \
+         retry with its epoch"
+    )]
+    HomeConflict {
+        uid: String,
+        current: Option<HomeEntry>,
+    },
+    #[error(
+        "gave up after {steps} registry proposals (max_steps_per_operation) on {subject}: other \
+         changes of the same user or ID kept interfering; retry later"
+    )]
+    Contended { subject: String, steps: u32 },
+    #[error(
+        "the registry could not complete this operation: {source}; a WeChat ID change left half \
+         done is finished by the next operation on the user or by the sweeper, so retrying is safe"
+    )]
+    Unavailable { source: ProposeError },
+    #[error("registry value at key {key:?} is damaged: {problem}")]
+    Corrupt { key: String, problem: String },
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+}
+
+/// What the shell must do (as [`Output`], plus the answers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryOutput {
+    Send {
+        to: usize,
+        request: Request,
+    },
+    SetTimer {
+        timer: TimerId,
+        after_ms: u64,
+    },
+    CancelTimer {
+        timer: TimerId,
+    },
+    /// Every submitted operation ends with exactly one `Done`.
+    Done {
+        request: RequestId,
+        result: Result<Answer, RegistryError>,
+    },
+}
+
+/// One proposal a machine wants made.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Proposal {
+    key: String,
+    change: RegistryChange,
+}
+
+enum Step {
+    Propose(Proposal),
+    Done(Result<Answer, RegistryError>),
+}
+
+/// The sans-IO registry client: submit operations, feed acceptor replies and timers, drain
+/// outputs. It owns a [`Proposer`]; acceptors are addressed by index.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    proposer: Proposer<RegistryChange>,
+    max_steps: u32,
+    next_request: u64,
+    running: BTreeMap<RequestId, Running>,
+    by_op: BTreeMap<OpId, (RequestId, Proposal)>,
+    outputs: VecDeque<RegistryOutput>,
+}
+
+#[derive(Debug, Clone)]
+struct Running {
+    machine: Machine,
+    steps: u32,
+    /// What the operation is about, for errors.
+    subject: String,
+}
+
+impl Registry {
+    pub fn new(
+        config: RegistryConfig,
+        id: ProposerId,
+        seed: u64,
+    ) -> Result<Self, ProposerConfigError> {
+        if config.max_steps_per_operation == 0 {
+            return Err(ProposerConfigError::Zero {
+                setting: "max_steps_per_operation",
+            });
+        }
+        Ok(Self {
+            proposer: Proposer::new(config.proposer, id, seed)?,
+            max_steps: config.max_steps_per_operation,
+            next_request: 0,
+            running: BTreeMap::new(),
+            by_op: BTreeMap::new(),
+            outputs: VecDeque::new(),
+        })
+    }
+
+    pub fn proposer(&self) -> &Proposer<RegistryChange> {
+        &self.proposer
+    }
+
+    /// Operations submitted and not yet done.
+    pub fn pending_operations(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Starts `op`; its answer comes as [`RegistryOutput::Done`]. Invalid names are refused
+    /// here, before anything is proposed.
+    pub fn submit(&mut self, op: Operation) -> Result<RequestId, RegistryError> {
+        op.check()?;
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        let tag = OpTag {
+            proposer: self.proposer.id().0,
+            request: id.0,
+            begin: 0,
+        };
+        let (machine, first, subject) = Machine::start(op, tag);
+        self.running.insert(
+            id,
+            Running {
+                machine,
+                steps: 0,
+                subject,
+            },
+        );
+        self.advance(id, Step::Propose(first));
+        self.pump();
+        Ok(id)
+    }
+
+    pub fn on_reply(&mut self, from: usize, reply: Reply) {
+        self.proposer.on_reply(from, reply);
+        self.pump();
+    }
+
+    pub fn on_timer(&mut self, timer: TimerId) {
+        self.proposer.on_timer(timer);
+        self.pump();
+    }
+
+    pub fn poll_output(&mut self) -> Option<RegistryOutput> {
+        self.outputs.pop_front()
+    }
+
+    fn pump(&mut self) {
+        while let Some(out) = self.proposer.poll_output() {
+            match out {
+                Output::Send { to, request } => {
+                    self.outputs.push_back(RegistryOutput::Send { to, request })
+                }
+                Output::SetTimer { timer, after_ms } => self
+                    .outputs
+                    .push_back(RegistryOutput::SetTimer { timer, after_ms }),
+                Output::CancelTimer { timer } => self
+                    .outputs
+                    .push_back(RegistryOutput::CancelTimer { timer }),
+                Output::Done { op, result, .. } => {
+                    let (request, proposal) = self
+                        .by_op
+                        .remove(&op)
+                        .expect("every op was submitted by a request");
+                    let step = self.on_done(request, proposal, result);
+                    self.advance(request, step);
+                }
+            }
+        }
+    }
+
+    fn on_done(
+        &mut self,
+        request: RequestId,
+        proposal: Proposal,
+        result: Result<Committed, ProposeError>,
+    ) -> Step {
+        let committed = match result {
+            Ok(c) => c,
+            Err(source) => return Step::Done(Err(RegistryError::Unavailable { source })),
+        };
+        let outcome = match proposal.change.outcome(committed.before.value.as_ref()) {
+            Ok(o) => o,
+            Err(e) => {
+                return Step::Done(Err(RegistryError::Corrupt {
+                    key: proposal.key,
+                    problem: e.0,
+                }));
+            }
+        };
+        let run = self
+            .running
+            .get_mut(&request)
+            .expect("a proposal's request runs");
+        run.machine.on_outcome(&proposal.key, outcome)
+    }
+
+    fn advance(&mut self, request: RequestId, step: Step) {
+        let result = match step {
+            Step::Done(result) => result,
+            Step::Propose(p) => {
+                let run = self.running.get_mut(&request).expect("running");
+                run.steps += 1;
+                if run.steps > self.max_steps {
+                    Err(RegistryError::Contended {
+                        subject: run.subject.clone(),
+                        steps: self.max_steps,
+                    })
+                } else {
+                    match self.proposer.submit(p.key.clone(), p.change.clone()) {
+                        Ok(op) => {
+                            self.by_op.insert(op, (request, p));
+                            return;
+                        }
+                        Err(e) => Err(e.into()),
+                    }
+                }
+            }
+        };
+        self.running.remove(&request);
+        self.outputs
+            .push_back(RegistryOutput::Done { request, result });
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Machine {
+    Lookup(Lookup),
+    Id(IdChange),
+    UserWxid,
+    GetHome,
+    SetHome { uid: String },
+}
+
+impl Machine {
+    fn start(op: Operation, tag: OpTag) -> (Machine, Proposal, String) {
+        match op {
+            Operation::Lookup { wxid } => {
+                let (m, p) = Lookup::start(wxid.as_str().to_owned());
+                (Machine::Lookup(m), p, format!("WeChat ID {wxid}"))
+            }
+            Operation::Claim { wxid, uid } => {
+                let (m, p) = IdChange::start(uid.clone(), IdGoal::Claim(wxid), tag);
+                (Machine::Id(m), p, uid)
+            }
+            Operation::Release { wxid, uid } => {
+                let (m, p) = IdChange::start(uid.clone(), IdGoal::Release(wxid), tag);
+                (Machine::Id(m), p, uid)
+            }
+            Operation::RollForward { uid } => {
+                let (m, p) = IdChange::start(uid.clone(), IdGoal::RollForward, tag);
+                (Machine::Id(m), p, uid)
+            }
+            Operation::UserWxid { uid } => (Machine::UserWxid, read(user_key(&uid)), uid),
+            Operation::GetHome { uid } => (Machine::GetHome, read(home_key(&uid)), uid),
+            Operation::SetHome {
+                uid,
+                region,
+                expected_epoch,
+            } => {
+                let p = Proposal {
+                    key: home_key(&uid),
+                    change: RegistryChange::SetHome {
+                        region,
+                        expected_epoch,
+                    },
+                };
+                (Machine::SetHome { uid: uid.clone() }, p, uid)
+            }
+        }
+    }
+
+    fn on_outcome(&mut self, key: &str, outcome: Outcome) -> Step {
+        match self {
+            Machine::Lookup(m) => match m.on_outcome(key, outcome) {
+                Ok(LookupStep::Propose(p)) => Step::Propose(p),
+                Ok(LookupStep::Status(s)) => Step::Done(Ok(Answer::Status(s))),
+                Err(e) => Step::Done(Err(e)),
+            },
+            Machine::Id(m) => m.on_outcome(key, outcome),
+            Machine::UserWxid => {
+                Step::Done(
+                    read_value(key, outcome, decode_user).map(|user| Answer::UserWxid {
+                        held: user.held.map(|h| h.wxid),
+                        changing: user.pending.is_some(),
+                    }),
+                )
+            }
+            Machine::GetHome => Step::Done(read_value(key, outcome, decode_home).map(Answer::Home)),
+            Machine::SetHome { uid } => Step::Done(match outcome {
+                Outcome::HomeSet(entry) => Ok(Answer::HomeSet(entry)),
+                Outcome::HomeConflict(current) => Err(RegistryError::HomeConflict {
+                    uid: uid.clone(),
+                    current,
+                }),
+                other => Err(unexpected(key, &other)),
+            }),
+        }
+    }
+}
+
+fn read(key: String) -> Proposal {
+    Proposal {
+        key,
+        change: RegistryChange::Read,
+    }
+}
+
+fn read_value<T>(
+    key: &str,
+    outcome: Outcome,
+    decode: impl Fn(Option<&Bytes>) -> Result<T, crate::paxos::proposer::ChangeRejected>,
+) -> Result<T, RegistryError> {
+    match outcome {
+        Outcome::Read(v) => decode(v.as_ref()).map_err(|e| RegistryError::Corrupt {
+            key: key.to_owned(),
+            problem: e.0,
+        }),
+        other => Err(unexpected(key, &other)),
+    }
+}
+
+/// A proposal answered with an outcome its change cannot produce: a bug, reported not hidden.
+fn unexpected(key: &str, outcome: &Outcome) -> RegistryError {
+    RegistryError::Corrupt {
+        key: key.to_owned(),
+        problem: format!("unexpected outcome {outcome:?} (a bug in the registry client)"),
+    }
+}
+
+/// Who holds an ID: read `wxid/x`, then the owner's record to tell backed from stale.
+#[derive(Debug, Clone)]
+struct Lookup {
+    wxid: String,
+    reservation: Option<Reservation>,
+}
+
+enum LookupStep {
+    Propose(Proposal),
+    Status(WxidStatus),
+}
+
+impl Lookup {
+    fn start(wxid: String) -> (Lookup, Proposal) {
+        let p = read(wxid_key(&wxid));
+        (
+            Lookup {
+                wxid,
+                reservation: None,
+            },
+            p,
+        )
+    }
+
+    fn on_outcome(&mut self, key: &str, outcome: Outcome) -> Result<LookupStep, RegistryError> {
+        match self.reservation.take() {
+            None => match read_value(key, outcome, decode_reservation)? {
+                None => Ok(LookupStep::Status(WxidStatus::Free)),
+                Some(r) => {
+                    let p = read(user_key(&r.owner));
+                    self.reservation = Some(r);
+                    Ok(LookupStep::Propose(p))
+                }
+            },
+            Some(r) => {
+                let user = read_value(key, outcome, decode_user)?;
+                let uid = r.owner.clone();
+                Ok(LookupStep::Status(if !user.backs(&self.wxid, &r) {
+                    WxidStatus::Free
+                } else if user.held.as_ref().is_some_and(|h| h.wxid == self.wxid) {
+                    WxidStatus::Held { uid }
+                } else {
+                    WxidStatus::Claiming { uid }
+                }))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum IdGoal {
+    Claim(WxId),
+    Release(WxId),
+    RollForward,
+}
+
+/// How a transition ended, as far as its roller can tell.
+#[derive(Debug, Clone)]
+enum RollResult {
+    Committed,
+    /// Aborted because `owner` holds the target (`None`: aborted by another roller).
+    Aborted {
+        owner: Option<String>,
+    },
+    /// Finished by others, and a later transition finished too: the record no longer says.
+    Unknown,
+}
+
+/// Rolling transition `t` of the user; `mine` if this operation began it.
+#[derive(Debug, Clone)]
+struct Roll {
+    t: Transition,
+    mine: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Stage {
+    ReadUser,
+    Begin,
+    Reserve(Roll),
+    CheckHolder(Roll, Reservation),
+    ReleaseStale(Roll),
+    Abort(Roll, String),
+    Commit(Roll),
+    ReleaseOld(Roll),
+    Finish(Roll),
+    Compensate(Roll, RollResult),
+    /// A release of an ID the user does not hold: who does?
+    LookupOwner(Lookup),
+}
+
+/// Claim, release and roll-forward of a user's WeChat ID (the protocol in the module docs).
+#[derive(Debug, Clone)]
+struct IdChange {
+    uid: String,
+    goal: IdGoal,
+    stage: Stage,
+    /// Tags this operation's begins; `begin` grows with each.
+    tag: OpTag,
+}
+
+impl IdChange {
+    fn start(uid: String, goal: IdGoal, tag: OpTag) -> (IdChange, Proposal) {
+        let mut m = IdChange {
+            uid,
+            goal,
+            stage: Stage::Begin,
+            tag,
+        };
+        let p = match m.goal {
+            IdGoal::RollForward => {
+                m.stage = Stage::ReadUser;
+                read(user_key(&m.uid))
+            }
+            _ => m.begin_proposal(),
+        };
+        (m, p)
+    }
+
+    fn begin_proposal(&self) -> Proposal {
+        let goal = match &self.goal {
+            IdGoal::Claim(w) => Goal::Claim(w.as_str().to_owned()),
+            IdGoal::Release(w) => Goal::Release(w.as_str().to_owned()),
+            IdGoal::RollForward => unreachable!("a roll-forward begins nothing"),
+        };
+        Proposal {
+            key: user_key(&self.uid),
+            change: RegistryChange::Begin {
+                goal,
+                tag: self.tag,
+            },
+        }
+    }
+
+    /// Begins again, under a new tag (the transition of the old one, if any, has ended).
+    fn begin_again(&mut self) -> Step {
+        self.tag.begin += 1;
+        let p = self.begin_proposal();
+        self.go(Stage::Begin, p)
+    }
+
+    fn on_user(&self, change: RegistryChange) -> Proposal {
+        Proposal {
+            key: user_key(&self.uid),
+            change,
+        }
+    }
+
+    fn go(&mut self, stage: Stage, p: Proposal) -> Step {
+        self.stage = stage;
+        Step::Propose(p)
+    }
+
+    fn on_outcome(&mut self, key: &str, outcome: Outcome) -> Step {
+        let stage = std::mem::replace(&mut self.stage, Stage::Begin);
+        match (stage, outcome) {
+            (Stage::ReadUser, outcome) => match read_value(key, outcome, decode_user) {
+                Err(e) => Step::Done(Err(e)),
+                Ok(user) => match user.pending.clone() {
+                    Some(t) => self.roll(Roll { t, mine: false }, &user),
+                    None => Step::Done(Ok(Answer::RolledForward { transition: None })),
+                },
+            },
+            (Stage::Begin, Outcome::Began(t)) => {
+                let user = UserIds {
+                    held: t.from.clone(),
+                    ..UserIds::default()
+                };
+                self.roll(Roll { t, mine: true }, &user)
+            }
+            (Stage::Begin, Outcome::Busy { user }) => {
+                let t = user
+                    .pending
+                    .clone()
+                    .expect("busy means a pending transition");
+                self.roll(Roll { t, mine: false }, &user)
+            }
+            (
+                Stage::Begin,
+                Outcome::Ended {
+                    transition,
+                    committed,
+                },
+            ) => {
+                // Our begin was chosen through another proposer and the transition finished.
+                let result = if committed {
+                    RollResult::Committed
+                } else {
+                    RollResult::Aborted { owner: None }
+                };
+                self.rolled(
+                    Roll {
+                        t: transition,
+                        mine: true,
+                    },
+                    result,
+                )
+            }
+            (Stage::Begin, Outcome::AlreadyHeld(_)) => Step::Done(Ok(Answer::AlreadyHeld)),
+            (Stage::Begin, Outcome::NotHeld { .. }) => {
+                let IdGoal::Release(wxid) = &self.goal else {
+                    return Step::Done(Err(unexpected(key, &Outcome::NotHeld { held: None })));
+                };
+                let (lookup, p) = Lookup::start(wxid.as_str().to_owned());
+                self.go(Stage::LookupOwner(lookup), p)
+            }
+            (Stage::LookupOwner(mut lookup), outcome) => match lookup.on_outcome(key, outcome) {
+                Err(e) => Step::Done(Err(e)),
+                Ok(LookupStep::Propose(p)) => self.go(Stage::LookupOwner(lookup), p),
+                Ok(LookupStep::Status(WxidStatus::Free)) => Step::Done(Ok(Answer::AlreadyFree)),
+                Ok(LookupStep::Status(WxidStatus::Held { uid } | WxidStatus::Claiming { uid })) => {
+                    if uid == self.uid {
+                        // The user came to hold it since our Begin: start over.
+                        self.begin_again()
+                    } else {
+                        Step::Done(Err(RegistryError::NotOwner {
+                            wxid: lookup.wxid,
+                            uid: self.uid.clone(),
+                            owner: uid,
+                        }))
+                    }
+                }
+            },
+            (Stage::Reserve(roll), Outcome::Reserved) => {
+                let p = self.on_user(RegistryChange::Commit {
+                    transition: roll.t.id,
+                });
+                self.go(Stage::Commit(roll), p)
+            }
+            (Stage::Reserve(roll), Outcome::Taken(holder)) => {
+                let p = read(user_key(&holder.owner));
+                self.go(Stage::CheckHolder(roll, holder), p)
+            }
+            (Stage::CheckHolder(roll, holder), outcome) => {
+                let holder_user = match read_value(key, outcome, decode_user) {
+                    Ok(u) => u,
+                    Err(e) => return Step::Done(Err(e)),
+                };
+                let target = roll.t.to.clone().expect("only a claim reserves");
+                if holder_user.backs(&target, &holder) {
+                    let p = self.on_user(RegistryChange::Abort {
+                        transition: roll.t.id,
+                    });
+                    self.go(Stage::Abort(roll, holder.owner), p)
+                } else {
+                    // Stale for good (I2): free exactly that reservation, then try again.
+                    let p = Proposal {
+                        key: wxid_key(&target),
+                        change: RegistryChange::ReleaseIf {
+                            uid: holder.owner,
+                            transition: holder.transition,
+                        },
+                    };
+                    self.go(Stage::ReleaseStale(roll), p)
+                }
+            }
+            (Stage::ReleaseStale(roll), Outcome::ReleasedIf { .. }) => self.reserve(roll),
+            (Stage::Abort(roll, owner), Outcome::Aborted) => {
+                self.rolled(roll, RollResult::Aborted { owner: Some(owner) })
+            }
+            (Stage::Abort(roll, _) | Stage::Commit(roll), Outcome::Committed { .. }) => {
+                self.release_old(roll)
+            }
+            (
+                Stage::Abort(roll, _) | Stage::Commit(roll) | Stage::Finish(roll),
+                Outcome::Gone { user },
+            ) => self.gone(roll, &user),
+            (Stage::ReleaseOld(roll), Outcome::ReleasedIf { .. }) => {
+                let p = self.on_user(RegistryChange::Finish {
+                    transition: roll.t.id,
+                });
+                self.go(Stage::Finish(roll), p)
+            }
+            (Stage::Finish(roll), Outcome::Finished) => self.rolled(roll, RollResult::Committed),
+            (Stage::Compensate(roll, result), Outcome::ReleasedIf { .. }) => {
+                self.rolled(roll, result)
+            }
+            (_, other) => Step::Done(Err(unexpected(key, &other))),
+        }
+    }
+
+    /// Rolls `roll.t` forward from where `user` (a recent record) shows it.
+    fn roll(&mut self, roll: Roll, user: &UserIds) -> Step {
+        if user.committed(&roll.t) {
+            return self.release_old(roll);
+        }
+        if roll.t.to.is_some() {
+            return self.reserve(roll);
+        }
+        let p = self.on_user(RegistryChange::Commit {
+            transition: roll.t.id,
+        });
+        self.go(Stage::Commit(roll), p)
+    }
+
+    fn reserve(&mut self, roll: Roll) -> Step {
+        let target = roll.t.to.as_deref().expect("only a claim reserves");
+        let p = Proposal {
+            key: wxid_key(target),
+            change: RegistryChange::Reserve {
+                uid: self.uid.clone(),
+                transition: roll.t.id,
+            },
+        };
+        self.go(Stage::Reserve(roll), p)
+    }
+
+    fn release_old(&mut self, roll: Roll) -> Step {
+        match roll.t.from.clone() {
+            Some(from) => {
+                let p = Proposal {
+                    key: wxid_key(&from.wxid),
+                    change: RegistryChange::ReleaseIf {
+                        uid: self.uid.clone(),
+                        transition: from.transition,
+                    },
+                };
+                self.go(Stage::ReleaseOld(roll), p)
+            }
+            None => {
+                let p = self.on_user(RegistryChange::Finish {
+                    transition: roll.t.id,
+                });
+                self.go(Stage::Finish(roll), p)
+            }
+        }
+    }
+
+    /// `roll.t` is no longer pending: someone else finished it. `user` is the record then.
+    fn gone(&mut self, roll: Roll, user: &UserIds) -> Step {
+        let result = match &user.last_finished {
+            Some((t, true)) if t.id == roll.t.id => RollResult::Committed,
+            Some((t, false)) if t.id == roll.t.id => RollResult::Aborted { owner: None },
+            _ => RollResult::Unknown,
+        };
+        match roll.t.to.clone() {
+            // We may have reserved the target after the transition ended: such a reservation
+            // is not backed, so free it rather than leave it to a staleness check.
+            Some(target) if user.held != roll.t.target() => {
+                let p = Proposal {
+                    key: wxid_key(&target),
+                    change: RegistryChange::ReleaseIf {
+                        uid: self.uid.clone(),
+                        transition: roll.t.id,
+                    },
+                };
+                self.go(Stage::Compensate(roll, result), p)
+            }
+            _ => self.rolled(roll, result),
+        }
+    }
+
+    /// `roll.t` is over; answer, or carry on with our own goal.
+    fn rolled(&mut self, roll: Roll, result: RollResult) -> Step {
+        if let IdGoal::RollForward = self.goal {
+            let committed = matches!(result, RollResult::Committed);
+            return Step::Done(Ok(Answer::RolledForward {
+                transition: Some((roll.t.id, committed)),
+            }));
+        }
+        match (roll.mine, &self.goal, result) {
+            (true, IdGoal::Claim(_), RollResult::Committed) => Step::Done(Ok(Answer::Claimed {
+                released: roll.t.from.map(|h| h.wxid),
+            })),
+            (true, IdGoal::Release(_), RollResult::Committed) => Step::Done(Ok(Answer::Released)),
+            (true, IdGoal::Claim(wxid), RollResult::Aborted { owner: Some(owner) }) => {
+                Step::Done(Err(RegistryError::Taken {
+                    wxid: wxid.as_str().to_owned(),
+                    owner,
+                }))
+            }
+            // Someone else's transition is out of the way, or ours ended in a way we cannot
+            // read: begin (again); the user record tells where things stand.
+            _ => self.begin_again(),
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! The registry's operations against 3 real acceptors over a perfect network, including the
+//! states a crash leaves behind in the middle of a WeChat ID change (built by running the first
+//! steps of a transition by hand, as a proposer that then died would have).
+
+mod common;
+
+use common::{Client, ClientOut};
+use homeport_registry::names::WxidError;
+use homeport_registry::paxos::ProposerId;
+use homeport_registry::paxos::acceptor::Acceptor;
+use homeport_registry::paxos::proposer::{Proposer, ProposerConfig};
+use homeport_registry::registry::{
+    Answer, Operation, Registry, RegistryConfig, RegistryError, RegistryOutput, WxidStatus,
+};
+use homeport_registry::storage::MemStorage;
+use homeport_registry::values::{
+    Goal, HomeEntry, OpTag, Outcome, RegistryChange, Transition, user_key, wxid_key,
+};
+
+struct Cluster {
+    acceptors: Vec<Acceptor<MemStorage>>,
+    registry: Registry,
+    next_id: u16,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        Cluster {
+            acceptors: (0..3).map(|_| Acceptor::new(MemStorage::new())).collect(),
+            registry: Registry::new(RegistryConfig::default(), ProposerId::new(0, 1), 1).unwrap(),
+            next_id: 1,
+        }
+    }
+
+    /// Delivers every message at once, in order, until `client` is quiet, firing its timers
+    /// only when nothing else is left (a backoff after a conflict); returns what ended.
+    fn drive<C: Client>(acceptors: &mut [Acceptor<MemStorage>], client: &mut C) -> Vec<C::Done> {
+        let mut done = Vec::new();
+        let mut inbox = std::collections::VecDeque::new();
+        let mut timers = std::collections::BTreeSet::new();
+        loop {
+            while let Some(out) = client.poll() {
+                match out {
+                    ClientOut::Send { to, request } => {
+                        let reply = acceptors[to].handle(request);
+                        inbox.push_back((to, reply));
+                    }
+                    ClientOut::Done(d) => done.push(d),
+                    ClientOut::SetTimer { timer, .. } => {
+                        timers.insert(timer);
+                    }
+                    ClientOut::CancelTimer { timer } => {
+                        timers.remove(&timer);
+                    }
+                }
+            }
+            if let Some((from, reply)) = inbox.pop_front() {
+                client.on_reply(from, reply);
+            } else if let Some(timer) = timers.pop_first() {
+                client.on_timer(timer);
+            } else {
+                return done;
+            }
+        }
+    }
+
+    fn run(&mut self, op: Result<Operation, RegistryError>) -> Result<Answer, RegistryError> {
+        let id = self.registry.submit(op?)?;
+        let done = Self::drive(&mut self.acceptors, &mut self.registry);
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(done[0].0, id);
+        assert_eq!(self.registry.pending_operations(), 0);
+        done.into_iter().next().unwrap().1
+    }
+
+    /// One raw registry change, by a throwaway proposer (a node that dies right after).
+    fn change(&mut self, key: &str, change: RegistryChange) -> Outcome {
+        self.next_id += 1;
+        let mut p: Proposer<RegistryChange> = Proposer::new(
+            ProposerConfig::default(),
+            ProposerId::new(self.next_id, 7),
+            0,
+        )
+        .unwrap();
+        p.submit(key, change.clone()).unwrap();
+        let done = Self::drive(&mut self.acceptors, &mut p);
+        let c = done[0].2.as_ref().expect("the change is chosen");
+        change.outcome(c.before.value.as_ref()).unwrap()
+    }
+
+    fn begin(&mut self, uid: &str, goal: Goal) -> Transition {
+        let tag = OpTag {
+            proposer: u64::from(self.next_id) + 1000,
+            request: 1,
+            begin: 0,
+        };
+        match self.change(&user_key(uid), RegistryChange::Begin { goal, tag }) {
+            Outcome::Began(t) => t,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn lookup(&mut self, wxid: &str) -> WxidStatus {
+        match self.run(Operation::lookup(wxid)) {
+            Ok(Answer::Status(s)) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn held(&mut self, uid: &str) -> Option<String> {
+        match self.run(Operation::user_wxid(uid)) {
+            Ok(Answer::UserWxid { held, changing }) => {
+                assert!(!changing, "{uid} is in the middle of a change");
+                held
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn held_by(uid: &str) -> WxidStatus {
+    WxidStatus::Held { uid: uid.into() }
+}
+
+#[test]
+fn claim_is_idempotent_and_exclusive_release_is_by_the_holder_only() {
+    let mut c = Cluster::new();
+    assert_eq!(
+        c.run(Operation::claim("szdy01", "sh-1")),
+        Ok(Answer::Claimed { released: None })
+    );
+    assert_eq!(
+        c.run(Operation::claim("szdy01", "sh-1")),
+        Ok(Answer::AlreadyHeld)
+    );
+    assert_eq!(
+        c.run(Operation::claim("SZDY01", "hk-2")),
+        Err(RegistryError::Taken {
+            wxid: "szdy01".into(),
+            owner: "sh-1".into()
+        }),
+        "IDs are unique case-insensitively"
+    );
+    assert_eq!(c.lookup("szdy01"), held_by("sh-1"));
+    assert_eq!(c.held("sh-1").as_deref(), Some("szdy01"));
+    assert_eq!(c.held("hk-2"), None);
+    let err = c.run(Operation::release("szdy01", "hk-2")).unwrap_err();
+    assert_eq!(
+        err,
+        RegistryError::NotOwner {
+            wxid: "szdy01".into(),
+            uid: "hk-2".into(),
+            owner: "sh-1".into()
+        }
+    );
+    assert!(
+        err.to_string().contains("only its holder may release it"),
+        "{err}"
+    );
+    assert_eq!(
+        c.run(Operation::release("szdy01", "sh-1")),
+        Ok(Answer::Released)
+    );
+    assert_eq!(c.lookup("szdy01"), WxidStatus::Free);
+    assert_eq!(
+        c.run(Operation::release("szdy01", "sh-1")),
+        Ok(Answer::AlreadyFree)
+    );
+    assert_eq!(
+        c.run(Operation::claim("szdy01", "hk-2")),
+        Ok(Answer::Claimed { released: None })
+    );
+    assert_eq!(c.lookup("szdy01"), held_by("hk-2"));
+}
+
+#[test]
+fn a_user_holds_one_id_changing_it_frees_the_old_one() {
+    let mut c = Cluster::new();
+    c.run(Operation::claim("first1", "u1")).unwrap();
+    assert_eq!(
+        c.run(Operation::claim("second2", "u1")),
+        Ok(Answer::Claimed {
+            released: Some("first1".into())
+        })
+    );
+    assert_eq!(c.held("u1").as_deref(), Some("second2"));
+    assert_eq!(c.lookup("first1"), WxidStatus::Free);
+    assert_eq!(c.lookup("second2"), held_by("u1"));
+    assert_eq!(
+        c.run(Operation::claim("first1", "u2")),
+        Ok(Answer::Claimed { released: None })
+    );
+    // A change to a taken ID changes nothing.
+    assert_eq!(
+        c.run(Operation::claim("first1", "u1")),
+        Err(RegistryError::Taken {
+            wxid: "first1".into(),
+            owner: "u2".into()
+        })
+    );
+    assert_eq!(c.held("u1").as_deref(), Some("second2"));
+}
+
+#[test]
+fn bad_names_are_refused_before_anything_is_proposed() {
+    let mut c = Cluster::new();
+    let cases = [
+        (Operation::claim("abc", "u1"), "at least 6"),
+        (Operation::claim("9lives", "u1"), "must start with a letter"),
+        (Operation::claim("ab cdef", "u1"), "only letters"),
+        (Operation::claim("admin_wang", "u1"), "reserved"),
+        (Operation::claim("service", "u1"), "reserved word"),
+        (Operation::claim("goodid1", ""), "uid"),
+        (Operation::set_home("u1", "Not A Region", None), "region"),
+    ];
+    for (op, expected) in cases {
+        let err = op.unwrap_err();
+        assert!(
+            err.to_string().contains(expected),
+            "{err} should mention {expected:?}"
+        );
+    }
+    assert!(matches!(
+        Operation::lookup("abcde"),
+        Err(RegistryError::Wxid(WxidError::TooShort { .. }))
+    ));
+    // An Operation built by hand with a bad uid is refused by submit, with nothing sent.
+    let op = Operation::UserWxid {
+        uid: "has space".into(),
+    };
+    assert!(matches!(c.registry.submit(op), Err(RegistryError::Name(_))));
+    assert_eq!(c.registry.poll_output(), None);
+}
+
+#[test]
+fn home_directory_is_compare_and_set() {
+    let mut c = Cluster::new();
+    assert_eq!(c.run(Operation::get_home("sh-1")), Ok(Answer::Home(None)));
+    let sh = HomeEntry {
+        region: "sh".into(),
+        epoch: 1,
+    };
+    assert_eq!(
+        c.run(Operation::set_home("sh-1", "sh", None)),
+        Ok(Answer::HomeSet(sh.clone()))
+    );
+    assert_eq!(
+        c.run(Operation::set_home("sh-1", "hk", None)),
+        Err(RegistryError::HomeConflict {
+            uid: "sh-1".into(),
+            current: Some(sh.clone())
+        })
+    );
+    let hk = HomeEntry {
+        region: "hk".into(),
+        epoch: 2,
+    };
+    assert_eq!(
+        c.run(Operation::set_home("sh-1", "hk", Some(1))),
+        Ok(Answer::HomeSet(hk.clone()))
+    );
+    assert_eq!(
+        c.run(Operation::get_home("sh-1")),
+        Ok(Answer::Home(Some(hk)))
+    );
+}
+
+#[test]
+fn a_claim_that_died_after_reserving_is_claiming_then_rolled_forward() {
+    let mut c = Cluster::new();
+    let t = c.begin("u1", Goal::Claim("szdy01".into()));
+    c.change(
+        &wxid_key("szdy01"),
+        RegistryChange::Reserve {
+            uid: "u1".into(),
+            transition: t.id,
+        },
+    );
+    // The node died here. Others see the ID taken (the claim may still complete) ...
+    assert_eq!(
+        c.lookup("szdy01"),
+        WxidStatus::Claiming { uid: "u1".into() }
+    );
+    assert_eq!(
+        c.run(Operation::claim("szdy01", "u2")),
+        Err(RegistryError::Taken {
+            wxid: "szdy01".into(),
+            owner: "u1".into()
+        })
+    );
+    // ... and the sweeper finishes it.
+    assert_eq!(
+        c.run(Operation::roll_forward("u1")),
+        Ok(Answer::RolledForward {
+            transition: Some((t.id, true))
+        })
+    );
+    assert_eq!(c.lookup("szdy01"), held_by("u1"));
+    assert_eq!(c.held("u1").as_deref(), Some("szdy01"));
+    assert_eq!(
+        c.run(Operation::roll_forward("u1")),
+        Ok(Answer::RolledForward { transition: None })
+    );
+}
+
+#[test]
+fn the_users_next_operation_finishes_a_dead_change_first() {
+    let mut c = Cluster::new();
+    c.run(Operation::claim("oldid1", "u1")).unwrap();
+    let t = c.begin("u1", Goal::Claim("middle1".into()));
+    c.change(
+        &wxid_key("middle1"),
+        RegistryChange::Reserve {
+            uid: "u1".into(),
+            transition: t.id,
+        },
+    );
+    // Died before committing. The user's next change completes the dead one, then its own.
+    assert_eq!(
+        c.run(Operation::claim("newid1", "u1")),
+        Ok(Answer::Claimed {
+            released: Some("middle1".into())
+        })
+    );
+    assert_eq!(c.lookup("oldid1"), WxidStatus::Free);
+    assert_eq!(c.lookup("middle1"), WxidStatus::Free);
+    assert_eq!(c.lookup("newid1"), held_by("u1"));
+    assert_eq!(c.held("u1").as_deref(), Some("newid1"));
+}
+
+#[test]
+fn an_old_id_left_reserved_after_commit_is_free_and_not_lost() {
+    let mut c = Cluster::new();
+    c.run(Operation::claim("oldid1", "u1")).unwrap();
+    let t = c.begin("u1", Goal::Claim("newid1".into()));
+    c.change(
+        &wxid_key("newid1"),
+        RegistryChange::Reserve {
+            uid: "u1".into(),
+            transition: t.id,
+        },
+    );
+    c.change(&user_key("u1"), RegistryChange::Commit { transition: t.id });
+    // Died after committing, before releasing the old ID. The user no longer holds it: it is
+    // free, and another user can have it at once (the dead reservation is cleared on the way).
+    assert_eq!(c.lookup("oldid1"), WxidStatus::Free);
+    assert_eq!(c.lookup("newid1"), held_by("u1"));
+    assert_eq!(
+        c.run(Operation::claim("oldid1", "u2")),
+        Ok(Answer::Claimed { released: None })
+    );
+    // Finishing the dead transition later must not take it from its new holder.
+    c.run(Operation::roll_forward("u1")).unwrap();
+    assert_eq!(c.lookup("oldid1"), held_by("u2"));
+    assert_eq!(c.held("u1").as_deref(), Some("newid1"));
+}
+
+#[test]
+fn a_reservation_made_after_its_transition_was_aborted_is_stale_and_cleared() {
+    let mut c = Cluster::new();
+    let t = c.begin("u1", Goal::Claim("szdy01".into()));
+    // Another node aborted the transition (it saw the ID taken, since released) ...
+    c.change(&user_key("u1"), RegistryChange::Abort { transition: t.id });
+    // ... and then the slow original node reserved the ID, and died.
+    c.change(
+        &wxid_key("szdy01"),
+        RegistryChange::Reserve {
+            uid: "u1".into(),
+            transition: t.id,
+        },
+    );
+    assert_eq!(c.lookup("szdy01"), WxidStatus::Free);
+    assert_eq!(
+        c.run(Operation::claim("szdy01", "u2")),
+        Ok(Answer::Claimed { released: None })
+    );
+    assert_eq!(c.lookup("szdy01"), held_by("u2"));
+    assert_eq!(c.held("u1"), None);
+}
+
+#[test]
+fn a_release_that_died_half_way_is_finished_by_the_sweeper() {
+    let mut c = Cluster::new();
+    c.run(Operation::claim("szdy01", "u1")).unwrap();
+    let t = c.begin("u1", Goal::Release("szdy01".into()));
+    c.change(&user_key("u1"), RegistryChange::Commit { transition: t.id });
+    // Died before releasing the ID itself: nobody holds it.
+    assert_eq!(c.lookup("szdy01"), WxidStatus::Free);
+    let Ok(Answer::UserWxid {
+        held: None,
+        changing: true,
+    }) = c.run(Operation::user_wxid("u1"))
+    else {
+        panic!("u1 should hold nothing, mid-change");
+    };
+    assert_eq!(
+        c.run(Operation::roll_forward("u1")),
+        Ok(Answer::RolledForward {
+            transition: Some((t.id, true))
+        })
+    );
+    assert_eq!(c.held("u1"), None);
+    assert_eq!(
+        c.run(Operation::claim("szdy01", "u2")),
+        Ok(Answer::Claimed { released: None })
+    );
+}
+
+#[test]
+fn registry_outputs_are_what_the_shell_needs() {
+    // One claim from a fresh registry: requests to every acceptor, a timer per round, one Done.
+    let mut c = Cluster::new();
+    let id = c
+        .registry
+        .submit(Operation::claim("szdy01", "u1").unwrap())
+        .unwrap();
+    let mut sends = Vec::new();
+    let mut timers = 0;
+    while let Some(out) = c.registry.poll_output() {
+        match out {
+            RegistryOutput::Send { to, request } => sends.push((to, request)),
+            RegistryOutput::SetTimer { after_ms, .. } => {
+                assert_eq!(after_ms, ProposerConfig::default().round_timeout_ms);
+                timers += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let targets: Vec<_> = sends.iter().map(|(to, _)| *to).collect();
+    assert_eq!(
+        targets,
+        [0, 1, 2],
+        "the first step's prepare goes to every acceptor"
+    );
+    assert_eq!(timers, 1, "one round timer");
+    for (to, request) in sends {
+        let reply = c.acceptors[to].handle(request);
+        c.registry.on_reply(to, reply);
+    }
+    let done = Cluster::drive(&mut c.acceptors, &mut c.registry);
+    assert_eq!(done, vec![(id, Ok(Answer::Claimed { released: None }))]);
+}
