@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/homeport/v1/change.proto",
         "proto/homeport/v1/store.proto",
         "proto/homeport/v1/gateway.proto",
+        "proto/homeport/v1/registry.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -115,6 +115,22 @@ pub async fn run(args: DevArgs) -> Result<()> {
         ));
     }
 
+    // One registry node per region (before the gateways, which call it).
+    for r in d.regions.iter().filter(|r| r.registry.is_some()) {
+        let name = homeport_config::registry_identity(&r.name);
+        let args = [
+            "registry",
+            "--config",
+            &config_path.display().to_string(),
+            "--region",
+            &r.name,
+        ];
+        children.push((
+            name.clone(),
+            spawn(&exe, &args, &logs.join(format!("{name}.log")))?,
+        ));
+    }
+
     let gateways: Vec<(String, String)> = d
         .regions
         .iter()

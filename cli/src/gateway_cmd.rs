@@ -63,6 +63,8 @@ pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
         quic_addr: args.quic_addr,
         admin_addr: args.admin_addr,
         resolver: None,
+        // The registry client plugs in here once it exists (see gateway/src/wechat_ids.rs).
+        wechat_ids: None,
     };
     let running = homeport_gateway::start(d, &args.region, options)
         .await

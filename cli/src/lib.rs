@@ -8,6 +8,7 @@ mod dev;
 mod gateway_cmd;
 mod lag_cmd;
 mod queue_cmd;
+mod registry_cmd;
 
 use std::path::PathBuf;
 
@@ -80,6 +81,9 @@ enum Command {
     /// Operate a region's queue: append test entries, follow it, see its nodes.
     #[command(subcommand)]
     Queue(queue_cmd::QueueCmd),
+    /// Run a region's registry node (WeChat IDs, home directory): a CASPaxos acceptor and a
+    /// proposer service. SIGTERM stops it.
+    Registry(registry_cmd::RegistryArgs),
 }
 
 fn init_tracing(json: bool) {
@@ -143,6 +147,7 @@ pub fn cert_specs(d: &Deployment) -> Vec<DevCertSpec> {
             ips,
         });
     }
+    specs.extend(registry_cmd::cert_specs(d));
     specs.push(DevCertSpec {
         identity: Identity {
             name: homeport_config::OPERATOR_IDENTITY.to_owned(),
@@ -224,6 +229,7 @@ async fn async_main() -> std::process::ExitCode {
         Command::Lag(args) => lag_cmd::run(args).await,
         Command::DeadLetters(cmd) => admin_cmd::run(cmd).await,
         Command::Queue(cmd) => queue_cmd::run(cmd).await,
+        Command::Registry(args) => registry_cmd::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

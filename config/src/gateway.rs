@@ -48,6 +48,10 @@ pub struct GatewaySettings {
     pub default_policy: RoutePolicy,
     /// Per path prefix policies; the longest matching prefix wins.
     pub routes: Vec<RouteRule>,
+    /// Whether `/v1/wechat-ids/{id}` tells anyone who holds an ID (a 409 of a claim, a lookup).
+    /// Off by default: an ID is a handle people search for, and its owner's uid is not public;
+    /// the owner always sees that it is theirs.
+    pub reveal_wechat_id_owner: bool,
 }
 
 impl Default for GatewaySettings {
@@ -66,6 +70,7 @@ impl Default for GatewaySettings {
             upstream_max_idle_per_host: 256,
             default_policy: RoutePolicy::Redirect,
             routes: Vec::new(),
+            reveal_wechat_id_owner: false,
         }
     }
 }

@@ -11,12 +11,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod gateway;
+mod registry;
 mod validate;
 
 pub use gateway::{
     GatewaySettings, RegionGateway, RoutePolicy, RouteRule, TicketKey, TicketKeySource,
     TicketSettings, Upstream, UpstreamProtocol, gateway_identity,
 };
+pub use registry::{RegionRegistry, RegistrySettings, registry_identity};
 
 /// Certificate name of the operator's client identity (admin verbs, `homeport lag`).
 pub const OPERATOR_IDENTITY: &str = "operator";
@@ -117,6 +119,8 @@ pub struct Deployment {
     pub gateway: GatewaySettings,
     /// How gateways check tickets (`[tickets]`).
     pub tickets: TicketSettings,
+    /// Settings of every registry node (`[registry]`).
+    pub registry: RegistrySettings,
     pub regions: Vec<Region>,
 }
 
@@ -172,6 +176,12 @@ impl Deployment {
                 .iter()
                 .filter(|region| region.gateway.is_some())
                 .map(|region| gateway_identity(&region.name)),
+        );
+        names.extend(
+            self.regions
+                .iter()
+                .filter(|region| region.registry.is_some())
+                .map(|region| registry_identity(&region.name)),
         );
         names.push(OPERATOR_IDENTITY.to_string());
         names
@@ -292,6 +302,8 @@ pub struct Region {
     /// Where this region's replay workers deliver other regions' changes.
     pub sink: SinkConfig,
     /// The region's gateway listeners (`[regions.gateway]`); `None`: no gateway.
+    /// The region's registry node (an acceptor and a proposer service), if the deployment runs the registry.
+    pub registry: Option<RegionRegistry>,
     pub gateway: Option<RegionGateway>,
     /// HTTP services behind the region's gateways, by path prefix.
     pub upstreams: Vec<Upstream>,

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod gateway;
+mod registry;
 
 use crate::{
     ConfigError, Deployment, FsyncMode, HomeRule, OPERATOR_IDENTITY, Problem, QueueGroup,
@@ -63,6 +64,8 @@ struct RawFile {
     gateway: gateway::RawGateway,
     #[serde(default)]
     tickets: gateway::RawTickets,
+    #[serde(default)]
+    registry: registry::RawRegistry,
     /// Missing is reported as a problem ("no regions") rather than a serde error, to keep one message.
     #[serde(default)]
     regions: Vec<RawRegion>,
@@ -207,6 +210,7 @@ struct RawRegion {
     data_dir: Option<PathBuf>,
     sink: Option<RawSink>,
     gateway: Option<gateway::RawRegionGateway>,
+    registry: Option<registry::RawRegionRegistry>,
     #[serde(default)]
     upstreams: Vec<gateway::RawUpstream>,
     #[serde(default)]
@@ -347,6 +351,8 @@ impl Checker {
         let gateway = self.check_gateway(&raw.gateway);
         let any_gateway = raw.regions.iter().any(|r| r.gateway.is_some());
         let tickets = self.check_tickets(&raw.tickets, base_dir, any_gateway);
+        let registry = self.check_registry(&raw.registry);
+        self.check_registry_coverage(&raw.regions);
         let regions = self.check_regions(&raw.regions, &data_root, base_dir);
         Some(Deployment {
             name: raw.deployment.name,
@@ -358,6 +364,7 @@ impl Checker {
             homes: homes?,
             gateway: gateway?,
             tickets: tickets?,
+            registry: registry?,
             regions: regions?,
         })
     }
@@ -896,6 +903,8 @@ impl Checker {
             let sink = self.check_sink(&region_place, region);
             let region_gateway = self.check_region_gateway(&region_place, region, &mut addrs);
             let upstreams = self.check_upstreams(&region_place, region);
+            let region_registry =
+                self.check_region_registry(&region_place, region, data_root, base_dir, &mut addrs);
             if region.queue_groups.is_empty() {
                 self.report(
                     region_place.clone(),
@@ -1048,12 +1057,13 @@ impl Checker {
             }
             let built = match (groups, process, sink, region_gateway, upstreams) {
                 (Some(queue_groups), Ok(process), Some(sink), Ok(gateway), Some(upstreams)) => {
-                    Some(Region {
+                    region_registry.ok().map(|registry| Region {
                         name: region.name.clone(),
                         queue_groups,
                         process,
                         sink,
                         gateway,
+                        registry,
                         upstreams,
                     })
                 }
@@ -1305,6 +1315,15 @@ impl Checker {
                 format!(
                     "node id {id:?} is the operator's certificate name — rename the node \
                      (e.g. after its region, group and campus)"
+                ),
+            );
+        } else if id.starts_with(crate::registry::REGISTRY_IDENTITY_PREFIX) {
+            self.report(
+                place,
+                format!(
+                    "node id {id:?} starts with {:?}, which is reserved for registry certificate \
+                     names — rename the node (e.g. after its region, group and campus)",
+                    crate::registry::REGISTRY_IDENTITY_PREFIX
                 ),
             );
         } else if id.starts_with(crate::gateway::GATEWAY_IDENTITY_PREFIX) {

@@ -95,8 +95,9 @@ fn three_regions_example_loads() {
         "three-regions",
         &[("sh", 1), ("hk", 2), ("ca", 3)],
     );
-    // Queue nodes, region processes, gateways, the operator.
-    assert_eq!(deployment.identities().len(), 3 * 6 + 3 + 3 + 1);
+    // Queue nodes, region processes, gateways, registry nodes, the operator.
+    assert_eq!(deployment.identities().len(), 3 * 6 + 3 + 3 + 3 + 1);
+    assert!(deployment.regions.iter().all(|r| r.registry.is_some()));
 }
 
 #[test]

@@ -67,6 +67,9 @@ pub struct CachedHomes {
     inner: Arc<dyn HomeResolver>,
     generation_entries: usize,
     cache: Mutex<Generations>,
+    /// Registered once: a metrics registry lookup per request showed in profiles.
+    hits: metrics::Counter,
+    misses: metrics::Counter,
 }
 
 #[derive(Default)]
@@ -81,6 +84,8 @@ impl CachedHomes {
             inner,
             generation_entries: (capacity / 2).max(1),
             cache: Mutex::new(Generations::default()),
+            hits: metrics::counter!("homeport_gateway_home_cache_hits_total"),
+            misses: metrics::counter!("homeport_gateway_home_cache_misses_total"),
         }
     }
 
@@ -101,16 +106,16 @@ impl CachedHomes {
         {
             let mut g = self.lock();
             if let Some(home) = g.young.get(uid) {
-                metrics::counter!("homeport_gateway_home_cache_hits_total").increment(1);
+                self.hits.increment(1);
                 return Ok(Some(home.clone()));
             }
             if let Some(home) = g.old.remove(uid) {
-                metrics::counter!("homeport_gateway_home_cache_hits_total").increment(1);
+                self.hits.increment(1);
                 self.insert(&mut g, uid, home.clone());
                 return Ok(Some(home));
             }
         }
-        metrics::counter!("homeport_gateway_home_cache_misses_total").increment(1);
+        self.misses.increment(1);
         let found = self.inner.home_of(uid).await?;
         if let Some(home) = &found {
             let mut g = self.lock();

@@ -3,7 +3,8 @@
 //! One process per instance (a region may run several behind a load balancer). It listens for
 //! HTTP/1.1 and h2c on `http_addr`, for other regions' gateways on `quic_addr` (mutual TLS), and
 //! for `/metrics` and `/healthz` on `admin_addr`. Every request passes FastReject admission
-//! (`admission.rs`), then a ticket check (`ticket.rs`), then home resolution (`homes.rs`); it is
+//! (`admission.rs`), then a ticket check (`ticket.rs`), then home resolution (`homes.rs`) — or, for WeChat IDs,
+//! the registry (`wechat_ids.rs`); it is
 //! then served here — by the region process's internal record API or a configured upstream
 //! (`proxy.rs`) — or sent home by redirect or over QUIC (`forward.rs`). `service.rs` holds the
 //! decisions, `routes.rs` the route table the OpenAPI document is checked against.
@@ -16,6 +17,7 @@ mod proxy;
 pub mod routes;
 mod service;
 pub mod ticket;
+pub mod wechat_ids;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -72,6 +74,9 @@ pub struct GatewayOptions {
     /// Where homes come from; the deployment's `[homes]` rule when `None`. The registry's home
     /// directory plugs in here.
     pub resolver: Option<Arc<dyn homes::HomeResolver>>,
+    /// Where WeChat IDs are claimed (`/v1/wechat-ids/{id}`); without it those routes answer 503
+    /// `registry_not_configured`. The registry's network client plugs in here.
+    pub wechat_ids: Option<Arc<dyn wechat_ids::WechatIds>>,
 }
 
 /// A running gateway.
@@ -232,6 +237,8 @@ pub async fn start(
         shutting_down: Default::default(),
         responses: service::ResponseCounters::new(),
         deployment: deployment.clone(),
+        wechat_ids: options.wechat_ids,
+        local_upstreams: service::LocalUpstream::of_region(&deployment, region),
     });
 
     let mut tasks = Vec::new();

@@ -55,29 +55,41 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// Appends this hop to `X-Forwarded-For` and `Forwarded` (RFC 7239), keeping earlier hops.
+/// Each value is written once into its own buffer, which the header then owns (no copy): this
+/// runs on every proxied request.
 pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>) {
+    use std::fmt::Write as _;
     let ip = client.ip();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip.to_string(),
+    let previous = |headers: &HeaderMap, name: &HeaderName| -> Option<String> {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|p| !p.is_empty())
+            .map(|p| p.to_owned())
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    let mut xff = previous(headers, &X_FORWARDED_FOR).unwrap_or_default();
+    if !xff.is_empty() {
+        xff.push_str(", ");
     }
-    let node = match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    let _ = write!(xff, "{ip}");
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    let mut value = previous(headers, &header::FORWARDED).unwrap_or_default();
+    if !value.is_empty() {
+        value.push_str(", ");
+    }
+    let _ = match ip {
+        std::net::IpAddr::V4(v4) => write!(value, "for={v4};proto=http"),
+        std::net::IpAddr::V6(v6) => write!(value, "for=\"[{v6}]\";proto=http"),
     };
-    let mut element = format!("for={node};proto=http");
     if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
-        element.push_str(&format!(";host=\"{host}\""));
+        let _ = write!(value, ";host=\"{host}\"");
     }
-    let value = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {element}"),
-        _ => element,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         headers.insert(header::FORWARDED, v);
     }
 }
@@ -148,12 +160,12 @@ impl Upstreams {
                 );
             }
         };
-        let original_host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        // A HeaderValue clone shares its bytes; only an absolute-form target (no Host) copies.
+        let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         *req.uri_mut() = uri;
         *req.version_mut() = match protocol {
             Protocol::Http1 => http::Version::HTTP_11,
@@ -168,7 +180,8 @@ impl Upstreams {
         {
             headers.insert(header::HOST, h);
         }
-        add_forwarded(headers, client, original_host.as_deref());
+        let original_host = original_host.as_ref().and_then(|h| h.to_str().ok());
+        add_forwarded(headers, client, original_host);
 
         let client_for = match protocol {
             Protocol::Http1 => &self.http1,

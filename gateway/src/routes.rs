@@ -11,6 +11,9 @@ pub const API_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/users/{uid}/records/{key}"),
     ("PUT", "/v1/users/{uid}/records/{key}"),
     ("DELETE", "/v1/users/{uid}/records/{key}"),
+    ("GET", "/v1/wechat-ids/{id}"),
+    ("PUT", "/v1/wechat-ids/{id}"),
+    ("DELETE", "/v1/wechat-ids/{id}"),
 ];
 
 #[derive(Debug, PartialEq, Eq)]
@@ -23,6 +26,10 @@ pub(crate) enum Route<'a> {
     Record {
         uid: &'a str,
         key: &'a str,
+    },
+    /// A WeChat ID as it appears in the path (still percent-encoded).
+    WechatId {
+        id: &'a str,
     },
     /// The prefix of a configured upstream (of any region: the user's home decides which).
     Upstream {
@@ -74,6 +81,17 @@ pub(crate) fn route<'a>(
                 Route::Record {
                     uid: uid.unwrap_or_default(),
                     key: key.unwrap_or_default(),
+                }
+            } else {
+                Route::MethodNotAllowed {
+                    allow: "GET, PUT, DELETE",
+                }
+            }
+        }
+        [Some(""), Some("v1"), Some("wechat-ids"), id, None, None] if one(id).is_some() => {
+            if method == Method::GET || method == Method::PUT || method == Method::DELETE {
+                Route::WechatId {
+                    id: id.unwrap_or_default(),
                 }
             } else {
                 Route::MethodNotAllowed {
@@ -178,6 +196,18 @@ mod tests {
             Route::Upstream { prefix: "/chat/" }
         );
         assert_eq!(r(&Method::GET, "/other"), Route::NotFound);
+        assert_eq!(
+            r(&Method::PUT, "/v1/wechat-ids/zhang_san"),
+            Route::WechatId { id: "zhang_san" }
+        );
+        assert_eq!(
+            r(&Method::POST, "/v1/wechat-ids/zhang_san"),
+            Route::MethodNotAllowed {
+                allow: "GET, PUT, DELETE"
+            }
+        );
+        assert_eq!(r(&Method::GET, "/v1/wechat-ids/"), Route::NotFound);
+        assert_eq!(r(&Method::GET, "/v1/wechat-ids/a/b"), Route::NotFound);
     }
 
     /// [`API_ROUTES`] (which the OpenAPI test checks) is exactly what [`route`] serves.
@@ -192,7 +222,10 @@ mod tests {
             Method::HEAD,
         ];
         for (_, template) in API_ROUTES {
-            let concrete = template.replace("{uid}", "sh-1").replace("{key}", "k");
+            let concrete = template
+                .replace("{uid}", "sh-1")
+                .replace("{key}", "k")
+                .replace("{id}", "zhang_san");
             for m in &methods {
                 let served = !matches!(
                     route(m, &concrete, &[]),

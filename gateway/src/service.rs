@@ -27,6 +27,7 @@ use crate::homes::CachedHomes;
 use crate::proxy::{Protocol, USER_HEADER, Upstreams};
 use crate::routes::{self, Route};
 use crate::ticket::{CachingVerifier, Claims, TicketError};
+use crate::wechat_ids::{ClaimOutcome, ReleaseOutcome, WechatIdError, WechatIds, WxId, WxidError};
 
 pub const HOME_REGION_HEADER: &str = "homeport-home-region";
 /// Set on answers that came back from another region's gateway (`forward`).
@@ -67,6 +68,41 @@ pub(crate) struct Gateway {
     pub prefixes: Vec<String>,
     pub shutting_down: AtomicBool,
     pub responses: ResponseCounters,
+    /// This region's upstreams, parsed once (not per request).
+    pub local_upstreams: Vec<LocalUpstream>,
+    /// Where WeChat IDs are kept; `None`: the routes answer 503 `registry_not_configured`.
+    pub wechat_ids: Option<Arc<dyn WechatIds>>,
+}
+
+/// One `[[regions.upstreams]]` of this region, ready to send to.
+pub(crate) struct LocalUpstream {
+    pub prefix: String,
+    /// `Err(url)`: the URL has no valid authority (answered 502 `upstream_misconfigured`).
+    pub authority: Result<Authority, String>,
+    pub protocol: Protocol,
+}
+
+impl LocalUpstream {
+    pub fn of_region(deployment: &Deployment, region: &str) -> Vec<LocalUpstream> {
+        let Some(r) = deployment.region(region) else {
+            return Vec::new();
+        };
+        r.upstreams
+            .iter()
+            .map(|u| LocalUpstream {
+                prefix: u.prefix.clone(),
+                authority: u
+                    .url
+                    .trim_start_matches("http://")
+                    .parse::<Authority>()
+                    .map_err(|_| u.url.clone()),
+                protocol: match u.protocol {
+                    UpstreamProtocol::Http1 => Protocol::Http1,
+                    UpstreamProtocol::H2c => Protocol::H2c,
+                },
+            })
+            .collect()
+    }
 }
 
 fn now_unix_secs() -> u64 {
@@ -77,7 +113,14 @@ fn now_unix_secs() -> u64 {
 }
 
 /// Route names in metrics, in the order of [`ResponseCounters`].
-const ROUTE_NAMES: [&str; 5] = ["create_user", "whereis", "record", "upstream", "other"];
+const ROUTE_NAMES: [&str; 6] = [
+    "create_user",
+    "whereis",
+    "record",
+    "upstream",
+    "wechat_id",
+    "other",
+];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 fn status_class(s: StatusCode) -> usize {
@@ -104,7 +147,10 @@ impl ResponseCounters {
     }
 
     fn count(&self, route: &str, status: StatusCode) {
-        let r = ROUTE_NAMES.iter().position(|n| *n == route).unwrap_or(4);
+        let r = ROUTE_NAMES
+            .iter()
+            .position(|n| *n == route)
+            .unwrap_or(ROUTE_NAMES.len() - 1);
         if let Some(c) = self.0.get(r * STATUS_CLASSES.len() + status_class(status)) {
             c.increment(1);
         }
@@ -191,21 +237,21 @@ impl Gateway {
         via: Via,
         up: &Upstreams,
     ) -> (&'static str, Response<Body>) {
-        let path = req.uri().path().to_string();
-        match routes::route(req.method(), &path, &self.prefixes) {
+        // A clone of the URI shares its bytes (no copy), and outlives `req`, which the handlers
+        // take by value.
+        let uri = req.uri().clone();
+        let path = uri.path();
+        match routes::route(req.method(), path, &self.prefixes) {
             Route::CreateUser => ("create_user", self.create_user().await),
             Route::Whereis { uid } => ("whereis", self.whereis(req.headers(), uid).await),
-            Route::Record { uid, key: _ } => (
-                "record",
-                self.record(req, client, via, uid.to_string(), up).await,
-            ),
-            Route::Upstream { prefix } => {
-                let prefix = prefix.to_string();
-                (
-                    "upstream",
-                    self.upstream(req, client, via, &prefix, up).await,
-                )
+            Route::Record { uid, key: _ } => {
+                ("record", self.record(req, client, via, uid, up).await)
             }
+            Route::WechatId { id } => ("wechat_id", self.wechat_id(&req, id).await),
+            Route::Upstream { prefix } => (
+                "upstream",
+                self.upstream(req, client, via, prefix, up).await,
+            ),
             Route::MethodNotAllowed { allow } => {
                 let mut r = problem(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -222,8 +268,8 @@ impl Gateway {
                     StatusCode::NOT_FOUND,
                     "not_found",
                     format!(
-                        "nothing is served at {path}: the gateway serves /v1/users, /v1/whereis \
-                         and the configured upstream prefixes ({})",
+                        "nothing is served at {path}: the gateway serves /v1/users, /v1/whereis, \
+                         /v1/wechat-ids and the configured upstream prefixes ({})",
                         self.prefixes.join(", ")
                     ),
                 ),
@@ -332,20 +378,163 @@ impl Gateway {
         }
     }
 
+    /// `GET|PUT|DELETE /v1/wechat-ids/{id}`: lookup, claim and release for the ticket's user.
+    /// The ID's syntax is checked here, before the registry is asked.
+    async fn wechat_id(&self, req: &Request<Body>, raw_id: &str) -> Response<Body> {
+        let claims = match self.ticket(req.headers()) {
+            Ok(c) => c,
+            Err(e) => return ticket_problem(&e),
+        };
+        let Some(text) = routes::percent_decode(raw_id) else {
+            return bad_path(raw_id);
+        };
+        let id = match WxId::parse(&text) {
+            Ok(id) => id,
+            Err(e) => return bad_wechat_id(&e),
+        };
+        let Some(ids) = &self.wechat_ids else {
+            return self.retry_after(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "registry_not_configured",
+                format!(
+                    "the gateway of region {} has no registry to keep WeChat IDs in; start it \
+                     with the registry client configured (GatewayOptions::wechat_ids)",
+                    self.region
+                ),
+            ));
+        };
+        let reveal = self.deployment.gateway.reveal_wechat_id_owner;
+        let uid = claims.uid.as_str();
+        let held = |status, owner: Option<&str>| {
+            let mut body = serde_json::Map::new();
+            body.insert("id".into(), id.as_str().into());
+            body.insert("held".into(), true.into());
+            if let Some(owner) = owner {
+                body.insert("owner".into(), owner.into());
+            }
+            crate::body::json(status, &serde_json::Value::Object(body))
+        };
+        let owner_extra = |owner: &str| {
+            let mut extra = serde_json::Map::new();
+            extra.insert("id".into(), id.as_str().into());
+            if reveal {
+                extra.insert("owner".into(), owner.into());
+            }
+            extra
+        };
+        match *req.method() {
+            Method::PUT => match ids.claim(&id, uid).await {
+                Ok(ClaimOutcome::Claimed) => {
+                    let mut r = held(StatusCode::CREATED, Some(uid));
+                    if let Ok(loc) = HeaderValue::from_str(&format!("/v1/wechat-ids/{id}")) {
+                        r.headers_mut().insert(header::LOCATION, loc);
+                    }
+                    r
+                }
+                Ok(ClaimOutcome::AlreadyYours) => held(StatusCode::OK, Some(uid)),
+                Ok(ClaimOutcome::HeldByOther { owner }) => problem_with(
+                    StatusCode::CONFLICT,
+                    "wechat_id_taken",
+                    format!("WeChat ID {id:?} is held by another user; choose another ID"),
+                    owner_extra(&owner),
+                ),
+                Err(e) => self.registry_failed(&id, "claim", e),
+            },
+            Method::DELETE => match ids.release(&id, uid).await {
+                Ok(ReleaseOutcome::Released) => {
+                    let mut r = Response::new(crate::body::empty());
+                    *r.status_mut() = StatusCode::NO_CONTENT;
+                    r
+                }
+                Ok(ReleaseOutcome::AlreadyFree) => {
+                    let mut body = serde_json::Map::new();
+                    body.insert("id".into(), id.as_str().into());
+                    body.insert("held".into(), false.into());
+                    crate::body::json(StatusCode::OK, &serde_json::Value::Object(body))
+                }
+                Ok(ReleaseOutcome::HeldByOther { owner }) => problem_with(
+                    StatusCode::FORBIDDEN,
+                    "not_wechat_id_owner",
+                    format!(
+                        "WeChat ID {id:?} is held by another user; only its owner may release it"
+                    ),
+                    owner_extra(&owner),
+                ),
+                Err(e) => self.registry_failed(&id, "release", e),
+            },
+            _ => match ids.lookup(&id).await {
+                Ok(Some(owner)) => {
+                    let shown = (reveal || owner == uid).then_some(owner.as_str());
+                    held(StatusCode::OK, shown)
+                }
+                Ok(None) => {
+                    let mut extra = serde_json::Map::new();
+                    extra.insert("id".into(), id.as_str().into());
+                    extra.insert("held".into(), false.into());
+                    problem_with(
+                        StatusCode::NOT_FOUND,
+                        "wechat_id_free",
+                        format!("nobody holds WeChat ID {id:?}; PUT it to claim it"),
+                        extra,
+                    )
+                }
+                Err(e) => self.registry_failed(&id, "lookup", e),
+            },
+        }
+    }
+
+    /// A registry call without a decision: 400 if it refused the syntax, else 503 saying the
+    /// operation may still take effect (claim and release are idempotent, so a retry is safe).
+    fn registry_failed(&self, id: &WxId, op: &str, e: WechatIdError) -> Response<Body> {
+        match e {
+            WechatIdError::BadSyntax(e) => bad_wechat_id(&e),
+            WechatIdError::Rejected(message) => {
+                let mut extra = serde_json::Map::new();
+                extra.insert("rule".into(), "registry".into());
+                problem_with(StatusCode::BAD_REQUEST, "bad_wechat_id", message, extra)
+            }
+            WechatIdError::Failed(message) => problem(
+                StatusCode::BAD_GATEWAY,
+                "registry_failed",
+                format!("the {op} of WeChat ID {id:?} failed: {message}"),
+            ),
+            WechatIdError::OutcomeUnknown(why) => {
+                let message = if op == "lookup" {
+                    format!("the registry did not answer the lookup of {id:?} ({why}); retry")
+                } else {
+                    format!(
+                        "the registry did not confirm the {op} of WeChat ID {id:?} ({why}); it \
+                         may still take effect. Retrying is safe: the {op} is idempotent, and \
+                         the retry's answer tells the outcome"
+                    )
+                };
+                let mut extra = serde_json::Map::new();
+                extra.insert("id".into(), id.as_str().into());
+                extra.insert("may_have_taken_effect".into(), (op != "lookup").into());
+                self.retry_after(problem_with(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "registry_outcome_unknown",
+                    message,
+                    extra,
+                ))
+            }
+        }
+    }
+
     async fn record(
         self: &Arc<Self>,
         req: Request<Body>,
         client: SocketAddr,
         via: Via,
-        raw_uid: String,
+        raw_uid: &str,
         up: &Upstreams,
     ) -> Response<Body> {
         let claims = match self.ticket(req.headers()) {
             Ok(c) => c,
             Err(e) => return ticket_problem(&e),
         };
-        let Some(uid) = routes::percent_decode(&raw_uid) else {
-            return bad_path(&raw_uid);
+        let Some(uid) = routes::percent_decode(raw_uid) else {
+            return bad_path(raw_uid);
         };
         let write = req.method() != Method::GET;
         if write && claims.uid != uid {
@@ -449,11 +638,7 @@ impl Gateway {
             let policy = self.deployment.gateway.policy_for(req.uri().path());
             return self.go_home(req, client, &home, policy).await;
         }
-        let here = self
-            .deployment
-            .region(&self.region)
-            .and_then(|r| r.upstreams.iter().find(|u| u.prefix == prefix));
-        let Some(service) = here else {
+        let Some(service) = self.local_upstreams.iter().find(|u| u.prefix == prefix) else {
             return problem(
                 StatusCode::NOT_FOUND,
                 "no_upstream",
@@ -464,23 +649,18 @@ impl Gateway {
                 ),
             );
         };
-        let Ok(authority) = service
-            .url
-            .trim_start_matches("http://")
-            .parse::<Authority>()
-        else {
-            return problem(
-                StatusCode::BAD_GATEWAY,
-                "upstream_misconfigured",
-                format!("upstream url {:?} has no valid authority", service.url),
-            );
-        };
-        let protocol = match service.protocol {
-            UpstreamProtocol::Http1 => Protocol::Http1,
-            UpstreamProtocol::H2c => Protocol::H2c,
+        let authority = match &service.authority {
+            Ok(a) => a,
+            Err(url) => {
+                return problem(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_misconfigured",
+                    format!("upstream url {url:?} has no valid authority"),
+                );
+            }
         };
         let req = with_user(req, &claims.uid);
-        up.send(req, &authority, protocol, client).await
+        up.send(req, authority, service.protocol, client).await
     }
 
     async fn to_region(
@@ -703,6 +883,26 @@ fn query_consistency(query: Option<&str>) -> Result<Consistency, String> {
 
 fn query_min_version(query: Option<&str>) -> Option<u64> {
     routes::query_param(query, "min_version")?.parse().ok()
+}
+
+/// 400 for an ID that breaks a syntax rule; `rule` names which, `message` how to fix it.
+fn bad_wechat_id(e: &WxidError) -> Response<Body> {
+    let rule = match e {
+        WxidError::TooShort { .. } => "too_short",
+        WxidError::TooLong { .. } => "too_long",
+        WxidError::MustStartWithLetter { .. } => "must_start_with_letter",
+        WxidError::BadCharacter { .. } => "bad_character",
+        WxidError::ReservedWord { .. } => "reserved_word",
+        WxidError::ReservedPrefix { .. } => "reserved_prefix",
+    };
+    let mut extra = serde_json::Map::new();
+    extra.insert("rule".into(), rule.into());
+    problem_with(
+        StatusCode::BAD_REQUEST,
+        "bad_wechat_id",
+        e.to_string(),
+        extra,
+    )
 }
 
 fn bad_path(segment: &str) -> Response<Body> {

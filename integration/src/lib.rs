@@ -4,8 +4,10 @@
 //! (127.X.Y.1-3, one IP per campus) with ports the kernel handed out, so tests run in parallel
 //! without colliding. Every process it starts is killed when it is dropped.
 
+pub mod bench_claims;
 mod gateways;
 mod regions;
+pub mod registries;
 pub mod wan;
 use std::collections::HashMap;
 use std::fmt::Write as _;

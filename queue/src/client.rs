@@ -316,6 +316,8 @@ impl NodeClient {
             Some(pb::response::Body::RegionStatus(_)) => "region_status",
             Some(pb::response::Body::CheckpointReport(_)) => "checkpoint_report",
             Some(pb::response::Body::GatewayForward(_)) => "gateway_forward",
+            Some(pb::response::Body::RegistryAcceptor(_)) => "registry_acceptor",
+            Some(pb::response::Body::RegistryOperation(_)) => "registry_operation",
         };
         ClientError::UnexpectedResponse {
             node: self.id.clone(),

@@ -323,6 +323,15 @@ async fn handle(st: &NodeState, peer: &Identity, req: pb::Request) -> pb::Respon
                 st.node_id
             ),
         ),
+        Some(pb::request::Body::RegistryAcceptor(_) | pb::request::Body::RegistryOperation(_)) => {
+            error(
+                pb::ErrorCode::BadRequest,
+                format!(
+                    "registry requests go to a registry node (`homeport registry`); node {} is a queue node",
+                    st.node_id
+                ),
+            )
+        }
         Some(pb::request::Body::Status(_)) => ok(pb::response::Body::Status(status(st))),
         Some(pb::request::Body::Trim(t)) => {
             if !may_write(st, peer) {

@@ -42,6 +42,18 @@
 //! proposer that reserved `y` for a transition that turned out aborted frees it again (a
 //! release conditional on `(u, t)`), and if it crashes first the reservation is stale (I2).
 //!
+//! Every step is idempotent, because CASPaxos may apply a change twice: a round whose accept
+//! reached only some acceptors can be finished by another proposer's round, and the retry then
+//! applies the change again on top. Reserve, the conditional release, commit, abort and finish
+//! are idempotent by their conditions; a begin carries the operation's [`OpTag`], so a retried
+//! begin finds its own transition (pending, or the last finished one) instead of mistaking it
+//! for another operation's.
+//!
+//! An operation whose caller never got its answer (its node crashed, or it failed with
+//! [`RegistryError::Unavailable`]) may still take effect later: a value it got accepted by one
+//! acceptor can be picked up by any later round. That is linearizable (the operation never
+//! ended), and the transition protocol keeps the invariants whatever the timing.
+//!
 //! Lookups read `wxid/x` and then the owner's record, and report the ID free if the reservation
 //! is not backed. `Claiming` (a transition to the ID is pending) counts as taken for others.
 
@@ -55,6 +67,7 @@ use crate::paxos::proposer::{
     SubmitError, TimerId,
 };
 use crate::paxos::{ProposerId, Reply, Request};
+use crate::storage::KeyState;
 use crate::values::{
     Goal, HomeEntry, OpTag, Outcome, RegistryChange, Reservation, Transition, UserIds, decode_home,
     decode_reservation, decode_user, home_key, user_key, wxid_key,
@@ -191,6 +204,24 @@ impl Operation {
         }
         Ok(())
     }
+}
+
+/// For a sweeper that pages through an acceptor's `user/` keys ([`RedbStorage::scan`]): the
+/// operation to run if this acceptor's copy of the record shows a transition pending. Only a
+/// hint (an acceptor may hold an old or unchosen copy); the [`Operation::RollForward`] itself
+/// reads the chosen record and does nothing if no transition is pending. Run it for records
+/// untouched for a while, so the sweeper does not race users' own operations.
+///
+/// [`RedbStorage::scan`]: crate::storage::RedbStorage::scan
+pub fn sweep_candidate(key: &str, state: &KeyState) -> Option<Operation> {
+    let uid = key.strip_prefix("user/")?;
+    let accepted = state.accepted.as_ref()?;
+    let user = decode_user(accepted.register.value.as_ref()).ok()?;
+    user.pending?;
+    check_uid(uid).ok()?;
+    Some(Operation::RollForward {
+        uid: uid.to_owned(),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -424,6 +455,13 @@ impl Registry {
     ) -> Step {
         let committed = match result {
             Ok(c) => c,
+            // Registry changes refuse only values they cannot decode (or a client bug).
+            Err(ProposeError::Rejected { key, reason, .. }) => {
+                return Step::Done(Err(RegistryError::Corrupt {
+                    key,
+                    problem: reason.0,
+                }));
+            }
             Err(source) => return Step::Done(Err(RegistryError::Unavailable { source })),
         };
         let outcome = match proposal.change.outcome(committed.before.value.as_ref()) {
@@ -487,19 +525,28 @@ impl Machine {
                 (Machine::Lookup(m), p, format!("WeChat ID {wxid}"))
             }
             Operation::Claim { wxid, uid } => {
-                let (m, p) = IdChange::start(uid.clone(), IdGoal::Claim(wxid), tag);
-                (Machine::Id(m), p, uid)
+                let subject = format!("user {uid:?}");
+                let (m, p) = IdChange::start(uid, IdGoal::Claim(wxid), tag);
+                (Machine::Id(m), p, subject)
             }
             Operation::Release { wxid, uid } => {
-                let (m, p) = IdChange::start(uid.clone(), IdGoal::Release(wxid), tag);
-                (Machine::Id(m), p, uid)
+                let subject = format!("user {uid:?}");
+                let (m, p) = IdChange::start(uid, IdGoal::Release(wxid), tag);
+                (Machine::Id(m), p, subject)
             }
             Operation::RollForward { uid } => {
-                let (m, p) = IdChange::start(uid.clone(), IdGoal::RollForward, tag);
-                (Machine::Id(m), p, uid)
+                let subject = format!("user {uid:?}");
+                let (m, p) = IdChange::start(uid, IdGoal::RollForward, tag);
+                (Machine::Id(m), p, subject)
             }
-            Operation::UserWxid { uid } => (Machine::UserWxid, read(user_key(&uid)), uid),
-            Operation::GetHome { uid } => (Machine::GetHome, read(home_key(&uid)), uid),
+            Operation::UserWxid { uid } => {
+                let subject = format!("user {uid:?}");
+                (Machine::UserWxid, read(user_key(&uid)), subject)
+            }
+            Operation::GetHome { uid } => {
+                let subject = format!("the home of {uid:?}");
+                (Machine::GetHome, read(home_key(&uid)), subject)
+            }
             Operation::SetHome {
                 uid,
                 region,
@@ -512,7 +559,8 @@ impl Machine {
                         expected_epoch,
                     },
                 };
-                (Machine::SetHome { uid: uid.clone() }, p, uid)
+                let subject = format!("the home of {uid:?}");
+                (Machine::SetHome { uid }, p, subject)
             }
         }
     }

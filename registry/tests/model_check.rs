@@ -1,18 +1,29 @@
 //! Model checking of the registry's CASPaxos with stateright: the real `Acceptor` and `Proposer`
-//! cores (and the real registry changes) run inside stateright actors, and the checker explores
-//! every interleaving of message delivery, loss, duplication, reordering, timer firing and
-//! crashes (with restart from durable storage) within the bounds below.
+//! cores (and the real registry changes) run inside stateright actors, one actor per region
+//! (its acceptor, and a proposer running a short script of registry changes on one key).
 //!
 //! Properties (always):
 //! - "one value per version": a key never has two different chosen registers at one version
 //!   (chosen = accepted by a majority at one ballot), and a ballot never carries two registers;
 //! - "results are chosen": every change a proposer reports done is chosen, and the value it was
 //!   applied to is the one chosen at its version, if any;
-//! - "no two owners": two users never both get a WeChat ID reserved (the scripts have no
-//!   release), and the chosen history never passes an ID from one owner straight to another.
+//! - "no two owners": two users never both get a WeChat ID reserved (in scripts without a
+//!   release), and the chosen history never hands an ID from one owner straight to another.
+//!
+//! plus "sometimes" properties (every operation ends, a claim succeeds, a change takes one round
+//! trip) so that a model that explores nothing cannot pass.
+//!
+//! Scenarios, each small enough for a debug build on 2 cores: 3 regions, 2 or 3 proposers,
+//! exhaustive BFS (completely, or to a depth bound) under reordering, plus duplication, explicit
+//! loss with retries, a crash and restart (acceptor state from durable storage, the proposer
+//! with a new incarnation id), the piggybacked one-round-trip path, and seeded random walks with
+//! every fault at once. With an unordered network any message may stay in flight forever, which
+//! for these properties (they read only actor state) covers its loss in every scenario.
 //!
 //! A deliberately broken acceptor (its storage forgets promises, so it accepts below them) must
 //! make the checker find a counterexample, which shows the properties have teeth.
+//!
+//! `REGISTRY_MODEL_EXTRA_DEPTH=n` deepens the bounded scenarios for a longer run.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -81,6 +92,8 @@ impl ModelStorage for ForgetsPromises {}
 struct Cfg {
     /// Check that at most one user ever gets the ID reserved (scripts without a release).
     single_claim: bool,
+    /// The scenario must reach a change made in one round trip (the piggybacked prepare).
+    expect_one_round_trip: bool,
 }
 
 /// One region: its acceptor, and a proposer running `script` (empty: no proposer). The
@@ -100,6 +113,7 @@ struct Done {
     change: RegistryChange,
     before: Register,
     after: Register,
+    round_trips: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -216,6 +230,7 @@ impl<S: ModelStorage> Region<S> {
                             change: self.script[index].clone(),
                             before: c.before,
                             after: c.after,
+                            round_trips: c.round_trips,
                         }),
                         Err(_) => p.failed += 1,
                     }
@@ -431,6 +446,11 @@ fn all_operations_ended<S: ModelStorage>(model: &RegModel<S>, state: &RegState<S
     ended == scripts
 }
 
+fn a_change_took_one_round_trip<S: ModelStorage>(model: &RegModel<S>, state: &RegState<S>) -> bool {
+    !model.cfg.expect_one_round_trip
+        || results(state).any(|d| d.round_trips == 1 && d.before != d.after)
+}
+
 fn a_claim_succeeded<S: ModelStorage>(_: &RegModel<S>, state: &RegState<S>) -> bool {
     results(state).any(|d| {
         matches!(
@@ -460,6 +480,7 @@ struct Scenario {
     /// One script per region (3 regions, 3 acceptors); an empty script: no proposer there.
     scripts: [Vec<RegistryChange>; ACCEPTORS],
     single_claim: bool,
+    expect_one_round_trip: bool,
     piggyback: bool,
     max_attempts: u32,
     duplicating: bool,
@@ -478,6 +499,7 @@ fn two_claims() -> Scenario {
         name: "two claims, reordering",
         scripts: [vec![reserve("alice")], vec![reserve("bob")], vec![]],
         single_claim: true,
+        expect_one_round_trip: false,
         piggyback: true,
         max_attempts: 1,
         duplicating: false,
@@ -501,6 +523,7 @@ fn model<S: ModelStorage>(sc: &Scenario) -> RegModel<S> {
     ActorModel::new(
         Cfg {
             single_claim: sc.single_claim,
+            expect_one_round_trip: sc.expect_one_round_trip,
         },
         (),
     )
@@ -541,6 +564,11 @@ fn model<S: ModelStorage>(sc: &Scenario) -> RegModel<S> {
         Expectation::Sometimes,
         "a claim succeeded",
         a_claim_succeeded,
+    )
+    .property(
+        Expectation::Sometimes,
+        "a change took one round trip",
+        a_change_took_one_round_trip,
     )
 }
 
@@ -670,6 +698,7 @@ fn every_fault() -> Scenario {
             vec![reserve("carol")],
         ],
         single_claim: false,
+        expect_one_round_trip: true,
         piggyback: true,
         max_attempts: 3,
         duplicating: true,

@@ -11,6 +11,7 @@ use homeport_registry::paxos::acceptor::Acceptor;
 use homeport_registry::paxos::proposer::{Proposer, ProposerConfig};
 use homeport_registry::registry::{
     Answer, Operation, Registry, RegistryConfig, RegistryError, RegistryOutput, WxidStatus,
+    sweep_candidate,
 };
 use homeport_registry::storage::MemStorage;
 use homeport_registry::values::{
@@ -439,4 +440,48 @@ fn registry_outputs_are_what_the_shell_needs() {
     }
     let done = Cluster::drive(&mut c.acceptors, &mut c.registry);
     assert_eq!(done, vec![(id, Ok(Answer::Claimed { released: None }))]);
+}
+
+#[test]
+fn the_sweeper_finds_users_with_a_pending_transition() {
+    let mut c = Cluster::new();
+    c.run(Operation::claim("settled1", "u1")).unwrap();
+    let t = c.begin("u2", Goal::Claim("dangling1".into()));
+    let candidates = |c: &Cluster| -> Vec<Operation> {
+        c.acceptors[0]
+            .storage()
+            .iter()
+            .filter_map(|(key, state)| sweep_candidate(key, state))
+            .collect()
+    };
+    assert_eq!(candidates(&c), vec![Operation::roll_forward("u2").unwrap()]);
+    assert_eq!(
+        c.run(Operation::roll_forward("u2")),
+        Ok(Answer::RolledForward {
+            transition: Some((t.id, true))
+        })
+    );
+    assert_eq!(candidates(&c), vec![]);
+    assert_eq!(c.lookup("dangling1"), held_by("u2"));
+}
+
+#[test]
+fn a_damaged_value_is_reported_not_overwritten() {
+    let mut c = Cluster::new();
+    c.run(Operation::claim("szdy01", "u1")).unwrap();
+    // Damage the user record on every acceptor (as a broken release would write it).
+    for a in &mut c.acceptors {
+        let mut state = a.storage().get(&user_key("u1")).unwrap().clone();
+        let accepted = state.accepted.as_mut().unwrap();
+        accepted.register.value = Some(bytes::Bytes::from_static(&[0xff, 0xff, 0xff]));
+        a.storage_mut().put(&user_key("u1"), state);
+    }
+    // Another region's client (this one would accept on the value it wrote, skipping the read).
+    c.registry = Registry::new(RegistryConfig::default(), ProposerId::new(2, 1), 2).unwrap();
+    let err = c.run(Operation::claim("other1", "u1")).unwrap_err();
+    assert!(
+        matches!(&err, RegistryError::Corrupt { key, .. } if key == "user/u1"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("does not decode"), "{err}");
 }

@@ -71,7 +71,7 @@ impl Users {
             };
             let (_, _, _, op) = self.waiting[u].take().unwrap();
             let before = self.known[u].clone();
-            if std::env::var("DEBUG_SEED").ok() == Some(seed.to_string()) {
+            if tracing(seed) {
                 eprintln!(
                     "t={} user {u} {op:?} -> {result:?} (known {before:?})",
                     sim.now_ms
@@ -150,13 +150,19 @@ impl Users {
             {
                 self.waiting[u] = None;
                 self.known[u] = Known::Unsure;
-                if std::env::var("DEBUG_SEED").ok() == Some(seed.to_string()) {
+                if tracing(seed) {
                     eprintln!("t={} user {u} client crashed", sim.now_ms);
                 }
                 *self.outcomes.entry("client crashed").or_default() += 1;
             }
         }
     }
+}
+
+/// `REGISTRY_SIM_TRACE=<seed>` prints that seed's operations and answers (add
+/// `REGISTRY_SIM_TRACE_KEYS=wxid/alpha1,user/sh-1` for every accept of those keys).
+fn tracing(seed: u64) -> bool {
+    std::env::var("REGISTRY_SIM_TRACE").ok() == Some(seed.to_string())
 }
 
 fn holds_if_sure(before: &Known, held: Option<String>) -> Known {
@@ -218,7 +224,7 @@ fn faulty_run(seed: u64) -> BTreeMap<&'static str, usize> {
             };
             let client = u % CLIENTS;
             let request = sim.with_client(client, |r| r.submit(op.clone())).unwrap();
-            if std::env::var("DEBUG_SEED").ok() == Some(seed.to_string()) {
+            if tracing(seed) {
                 eprintln!(
                     "t={} user {u} submits {op:?} to client {client}",
                     sim.now_ms

@@ -255,6 +255,90 @@ fn gateway_forward_response() -> pb::GatewayForwardResponse {
     }
 }
 
+fn registry_ballot() -> pb::RegistryBallot {
+    pb::RegistryBallot {
+        counter: 7,
+        proposer: (1 << 48) | 9,
+    }
+}
+
+fn registry_register() -> pb::RegistryRegister {
+    pb::RegistryRegister {
+        version: 3,
+        value: Some(Bytes::from_static(b"v")),
+    }
+}
+
+fn registry_accepted_value() -> pb::RegistryAcceptedValue {
+    pb::RegistryAcceptedValue {
+        ballot: Some(registry_ballot()),
+        register: Some(registry_register()),
+    }
+}
+
+fn acceptor_request() -> pb::AcceptorRequest {
+    pb::AcceptorRequest {
+        kind: pb::AcceptorRequestKind::Accept as i32,
+        key: "wxid/abc123".into(),
+        ballot: Some(registry_ballot()),
+        register: Some(registry_register()),
+        promise_next: true,
+    }
+}
+
+fn acceptor_reply() -> pb::AcceptorReply {
+    pb::AcceptorReply {
+        kind: pb::AcceptorReplyKind::Promised as i32,
+        key: "wxid/abc123".into(),
+        ballot: Some(registry_ballot()),
+        accepted: Some(registry_accepted_value()),
+        promised_next: true,
+        promised: Some(registry_ballot()),
+        reason: "disk".into(),
+    }
+}
+
+fn acceptor_batch_request() -> pb::AcceptorBatchRequest {
+    pb::AcceptorBatchRequest {
+        requests: vec![acceptor_request()],
+    }
+}
+
+fn acceptor_batch_response() -> pb::AcceptorBatchResponse {
+    pb::AcceptorBatchResponse {
+        replies: vec![acceptor_reply()],
+    }
+}
+
+fn registry_operation_request() -> pb::RegistryOperationRequest {
+    pb::RegistryOperationRequest {
+        kind: pb::RegistryOperationKind::SetHome as i32,
+        wxid: "abc123".into(),
+        uid: "sh-1".into(),
+        region: "hk".into(),
+        expected_epoch: Some(2),
+    }
+}
+
+fn registry_home_entry() -> pb::RegistryHomeEntry {
+    pb::RegistryHomeEntry {
+        region: "hk".into(),
+        epoch: 3,
+    }
+}
+
+fn registry_operation_response() -> pb::RegistryOperationResponse {
+    pb::RegistryOperationResponse {
+        answer: pb::RegistryAnswerKind::Error as i32,
+        wxid: Some("abc123".into()),
+        uid: "sh-1".into(),
+        changing: true,
+        home: Some(registry_home_entry()),
+        error: pb::RegistryErrorCode::Taken as i32,
+        message: "taken".into(),
+    }
+}
+
 fn req(body: pb::request::Body) -> pb::Request {
     pb::Request {
         protocol_version: 1,
@@ -277,6 +361,8 @@ fn request_variant(body: &pb::request::Body) -> &'static str {
         pb::request::Body::CheckpointReport(_) => "checkpoint_report",
         pb::request::Body::Subscribe(_) => "subscribe",
         pb::request::Body::GatewayForward(_) => "gateway_forward",
+        pb::request::Body::RegistryAcceptor(_) => "registry_acceptor",
+        pb::request::Body::RegistryOperation(_) => "registry_operation",
     }
 }
 
@@ -291,6 +377,8 @@ fn response_variant(body: &pb::response::Body) -> &'static str {
         pb::response::Body::RegionStatus(_) => "region_status",
         pb::response::Body::CheckpointReport(_) => "checkpoint_report",
         pb::response::Body::GatewayForward(_) => "gateway_forward",
+        pb::response::Body::RegistryAcceptor(_) => "registry_acceptor",
+        pb::response::Body::RegistryOperation(_) => "registry_operation",
     }
 }
 
@@ -321,11 +409,12 @@ impl Golden {
 
 /// Every .proto file whose messages must have golden bytes here. The test fails when the proto
 /// directory holds a file this list does not name, so a new file cannot slip past.
-const PROTO_FILES: [&str; 4] = [
+const PROTO_FILES: [&str; 5] = [
     "change.proto",
     "queue.proto",
     "store.proto",
     "gateway.proto",
+    "registry.proto",
 ];
 
 fn proto_dir() -> std::path::PathBuf {
@@ -438,6 +527,33 @@ fn every_message_matches_its_golden_bytes() {
         "08c901120f0a0869662d6d6174636812032233221a026f6b",
     );
 
+    // registry.proto
+    g.check(registry_ballot(), "08071089808080808040");
+    g.check(registry_register(), "0803120176");
+    g.check(
+        registry_accepted_value(),
+        "0a0a0807108980808080804012050803120176",
+    );
+    g.check(
+        acceptor_request(),
+        "0802120b777869642f6162633132331a0a08071089808080808040220508031201762801",
+    );
+    g.check(acceptor_reply(), "0801120b777869642f6162633132331a0a0807108980808080804022130a0a08071089808080808040120508031201762801320a080710898080808080403a046469736b");
+    g.check(
+        acceptor_batch_request(),
+        "0a240802120b777869642f6162633132331a0a08071089808080808040220508031201762801",
+    );
+    g.check(acceptor_batch_response(), "0a440801120b777869642f6162633132331a0a0807108980808080804022130a0a08071089808080808040120508031201762801320a080710898080808080403a046469736b");
+    g.check(
+        registry_operation_request(),
+        "080612066162633132331a0473682d312202686b2802",
+    );
+    g.check(registry_home_entry(), "0a02686b1003");
+    g.check(
+        registry_operation_response(),
+        "080b12066162633132331a0473682d3120012a060a02686b100330013a0574616b656e",
+    );
+
     let mut request_variants = BTreeSet::new();
     for (body, hex) in [
         (
@@ -465,6 +581,14 @@ fn every_message_matches_its_golden_bytes() {
         (
             pb::request::Body::GatewayForward(gateway_forward_request()),
             "0801a2014c0a03505554121c2f76312f75736572732f73682d312f7265636f7264732f6b3f783d311a0f0a0869662d6d617463681203223322220276312a02686b320e3132372e302e302e313a35303030",
+        ),
+        (
+            pb::request::Body::RegistryAcceptor(acceptor_batch_request()),
+            "0801aa01260a240802120b777869642f6162633132331a0a08071089808080808040220508031201762801",
+        ),
+        (
+            pb::request::Body::RegistryOperation(registry_operation_request()),
+            "0801b20116080612066162633132331a0473682d312202686b2802",
         ),
     ] {
         request_variants.insert(request_variant(&body));
@@ -501,6 +625,14 @@ fn every_message_matches_its_golden_bytes() {
             pb::response::Body::GatewayForward(gateway_forward_response()),
             "a2011808c901120f0a0869662d6d6174636812032233221a026f6b",
         ),
+        (
+            pb::response::Body::RegistryAcceptor(acceptor_batch_response()),
+            "aa01460a440801120b777869642f6162633132331a0a0807108980808080804022130a0a08071089808080808040120508031201762801320a080710898080808080403a046469736b",
+        ),
+        (
+            pb::response::Body::RegistryOperation(registry_operation_response()),
+            "b20123080b12066162633132331a0473682d3120012a060a02686b100330013a0574616b656e",
+        ),
     ] {
         response_variants.insert(response_variant(&body));
         g.check(resp(body), hex);
@@ -513,12 +645,12 @@ fn every_message_matches_its_golden_bytes() {
     );
     assert_eq!(
         request_variants.len(),
-        8,
+        10,
         "every request type needs golden bytes"
     );
     assert_eq!(
         response_variants.len(),
-        8,
+        10,
         "every response type needs golden bytes"
     );
 
@@ -563,6 +695,15 @@ fn enum_numbers_are_pinned() {
         assert_eq!(code as i32, number);
         assert_eq!(code.as_str_name(), name);
     }
+    assert_eq!(pb::AcceptorRequestKind::Accept as i32, 2);
+    assert_eq!(pb::AcceptorReplyKind::Failed as i32, 4);
+    assert_eq!(pb::RegistryOperationKind::SetHome as i32, 6);
+    assert_eq!(pb::RegistryAnswerKind::Error as i32, 11);
+    assert_eq!(
+        pb::RegistryErrorCode::Corrupt.as_str_name(),
+        "REGISTRY_ERROR_CODE_CORRUPT"
+    );
+    assert_eq!(pb::RegistryErrorCode::Corrupt as i32, 8);
 }
 
 /// Appends fields a future version might add: a varint (field 100), a length-delimited string

@@ -122,7 +122,9 @@ fn spawn_server(
                 Some(
                     pb::request::Body::RegionStatus(_)
                     | pb::request::Body::CheckpointReport(_)
-                    | pb::request::Body::GatewayForward(_),
+                    | pb::request::Body::GatewayForward(_)
+                    | pb::request::Body::RegistryAcceptor(_)
+                    | pb::request::Body::RegistryOperation(_),
                 ) => pb::response::Body::Error(pb::ErrorResponse::default()),
                 None => unreachable!("serve must not pass requests without a body"),
             };

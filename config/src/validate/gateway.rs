@@ -15,7 +15,7 @@ use crate::gateway::{
 };
 
 /// Paths the gateway serves itself; an upstream prefix may not take them.
-const RESERVED_PREFIXES: [&str; 2] = ["/v1/users", "/v1/whereis"];
+const RESERVED_PREFIXES: [&str; 3] = ["/v1/users", "/v1/whereis", "/v1/wechat-ids"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -33,6 +33,7 @@ pub(super) struct RawGateway {
     upstream_max_idle_per_host: u64,
     default_policy: String,
     routes: Vec<RawRoute>,
+    reveal_wechat_id_owner: bool,
 }
 
 impl Default for RawGateway {
@@ -52,6 +53,7 @@ impl Default for RawGateway {
             upstream_max_idle_per_host: to_u64(d.upstream_max_idle_per_host),
             default_policy: d.default_policy.to_string(),
             routes: Vec::new(),
+            reveal_wechat_id_owner: d.reveal_wechat_id_owner,
         }
     }
 }
@@ -252,6 +254,7 @@ impl Checker {
             upstream_max_idle_per_host: to_usize(raw.upstream_max_idle_per_host),
             default_policy: default_policy?,
             routes,
+            reveal_wechat_id_owner: raw.reveal_wechat_id_owner,
         })
     }
 

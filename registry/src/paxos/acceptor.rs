@@ -344,6 +344,32 @@ mod tests {
     }
 
     #[test]
+    fn promises_and_accepts_survive_a_restart_on_redb() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("acceptor.redb");
+        {
+            let mut a = Acceptor::new(crate::storage::RedbStorage::open(&path).unwrap());
+            a.handle(prepare(b(5, 1)));
+            a.handle(accept(b(5, 1), reg(1, b"x"), true));
+        }
+        let mut a = Acceptor::new(crate::storage::RedbStorage::open(&path).unwrap());
+        // The promise of 6.1 (piggybacked) and the accepted value are still there.
+        assert!(
+            matches!(a.handle(prepare(b(6, 1))), Reply::Conflict { promised, .. } if promised == b(6, 1))
+        );
+        match a.handle(prepare(b(6, 2))) {
+            Reply::Promised { accepted, .. } => assert_eq!(
+                accepted,
+                Some(AcceptedValue {
+                    ballot: b(5, 1),
+                    register: reg(1, b"x")
+                })
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn oversize_requests_are_refused() {
         let mut a = Acceptor::new(MemStorage::new());
         let big = Register {

@@ -318,7 +318,6 @@ struct Op<C> {
     timer: Option<TimerId>,
     timer_seq: u32,
     own: Vec<OwnProposal>,
-    last_failure: Option<RoundFailure>,
 }
 
 /// A majority granted `ballot` while holding `register`: the next change may accept directly.
@@ -412,7 +411,6 @@ impl<C: Change> Proposer<C> {
                 timer: None,
                 timer_seq: 0,
                 own: Vec::new(),
-                last_failure: None,
             },
         );
         let queue = self.keys.entry(key).or_default();
@@ -435,129 +433,62 @@ impl<C: Change> Proposer<C> {
         let Some(&id) = self.keys.get(reply.key()).and_then(|q| q.front()) else {
             return;
         };
-        let needed = majority(self.config.acceptors);
+        let acceptors = self.config.acceptors;
+        let needed = majority(acceptors);
         let op = self.ops.get_mut(&id).expect("every queued op exists");
-        let mut step = Step::Wait;
-        match (&mut op.phase, reply) {
+        // Only replies to the running round count.
+        let (round, agreed) = match &op.phase {
+            Phase::Preparing {
+                ballot, promises, ..
+            } => (*ballot, promises.contains_key(&from)),
+            Phase::Accepting { ballot, acks, .. } => (*ballot, acks.contains(&from)),
+            Phase::Queued | Phase::BackingOff => return,
+        };
+        if reply.ballot() != round {
+            return;
+        }
+        let step = match (&mut op.phase, reply) {
             (
                 Phase::Preparing {
-                    ballot,
-                    promises,
-                    refused,
+                    promises, refused, ..
                 },
-                Reply::Promised {
-                    ballot: answered,
-                    accepted,
-                    ..
-                },
-            ) if answered == *ballot => {
+                Reply::Promised { accepted, .. },
+            ) => {
+                // A grant outweighs a refusal of a duplicate of the same prepare.
                 refused.remove(&from);
                 promises.insert(from, accepted);
                 if promises.len() >= needed {
-                    step = Step::Promised;
+                    Step::Promised
+                } else {
+                    Step::Wait
                 }
             }
-            (
-                Phase::Accepting {
-                    ballot,
-                    acks,
-                    refused,
-                    ..
-                },
-                Reply::Accepted {
-                    ballot: answered, ..
-                },
-            ) if answered == *ballot => {
+            (Phase::Accepting { acks, refused, .. }, Reply::Accepted { .. }) => {
                 refused.remove(&from);
                 acks.insert(from);
                 if acks.len() >= needed {
-                    step = Step::Chosen;
+                    Step::Chosen
+                } else {
+                    Step::Wait
                 }
             }
             (
-                Phase::Preparing {
-                    ballot,
-                    promises: agreed,
-                    refused,
-                },
-                Reply::Conflict {
-                    ballot: answered,
-                    promised,
-                    ..
-                },
-            ) if answered == *ballot => {
-                step = refuse(
-                    agreed.contains_key(&from),
-                    refused,
-                    from,
-                    Refusal::Conflict(promised),
-                    self.config.acceptors,
-                );
-            }
+                Phase::Preparing { refused, .. } | Phase::Accepting { refused, .. },
+                Reply::Conflict { promised, .. },
+            ) => refuse(
+                agreed,
+                refused,
+                from,
+                Refusal::Conflict(promised),
+                acceptors,
+            ),
             (
-                Phase::Accepting {
-                    ballot,
-                    acks,
-                    refused,
-                    ..
-                },
-                Reply::Conflict {
-                    ballot: answered,
-                    promised,
-                    ..
-                },
-            ) if answered == *ballot => {
-                step = refuse(
-                    acks.contains(&from),
-                    refused,
-                    from,
-                    Refusal::Conflict(promised),
-                    self.config.acceptors,
-                );
-            }
-            (
-                Phase::Preparing {
-                    ballot,
-                    promises: agreed,
-                    refused,
-                },
-                Reply::Failed {
-                    ballot: answered,
-                    reason,
-                    ..
-                },
-            ) if answered == *ballot => {
-                step = refuse(
-                    agreed.contains_key(&from),
-                    refused,
-                    from,
-                    Refusal::Failed(reason),
-                    self.config.acceptors,
-                );
-            }
-            (
-                Phase::Accepting {
-                    ballot,
-                    acks,
-                    refused,
-                    ..
-                },
-                Reply::Failed {
-                    ballot: answered,
-                    reason,
-                    ..
-                },
-            ) if answered == *ballot => {
-                step = refuse(
-                    acks.contains(&from),
-                    refused,
-                    from,
-                    Refusal::Failed(reason),
-                    self.config.acceptors,
-                );
-            }
-            _ => {}
-        }
+                Phase::Preparing { refused, .. } | Phase::Accepting { refused, .. },
+                Reply::Failed { reason, .. },
+            ) => refuse(agreed, refused, from, Refusal::Failed(reason), acceptors),
+            // A promise while accepting or an accept while preparing cannot answer this ballot.
+            _ => Step::Wait,
+        };
         match step {
             Step::Wait => {}
             Step::Promised => self.after_promises(id),
@@ -777,7 +708,6 @@ impl<C: Change> Proposer<C> {
             self.finish(id, Err(error));
             return;
         }
-        op.last_failure = Some(failure);
         op.phase = Phase::BackingOff;
         let exponent = (op.attempts - 1).min(32);
         let full_ms = self

@@ -387,7 +387,9 @@ impl<C: Client> Sim<C> {
                     Reply::Accepted { .. },
                 ) = (&request, &reply)
                 {
-                    if std::env::var("DEBUG_KEYS").is_ok_and(|k| k.split(',').any(|k| k == key)) {
+                    if std::env::var("REGISTRY_SIM_TRACE_KEYS")
+                        .is_ok_and(|k| k.split(',').any(|k| k == key))
+                    {
                         let v = register.value.as_ref();
                         let shown = if key.starts_with("user/") {
                             format!("{:?}", homeport_registry::values::decode_user(v))
