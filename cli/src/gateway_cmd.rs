@@ -58,13 +58,13 @@ pub enum TicketCmd {
 
 pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
     let d = Arc::new(crate::load_config(&args.config)?);
+    let wechat_ids = registry_client(&d, &args.region)?;
     let options = homeport_gateway::GatewayOptions {
         http_addr: args.http_addr,
         quic_addr: args.quic_addr,
         admin_addr: args.admin_addr,
         resolver: None,
-        // The registry client plugs in here once it exists (see gateway/src/wechat_ids.rs).
-        wechat_ids: None,
+        wechat_ids,
     };
     let running = homeport_gateway::start(d, &args.region, options)
         .await
@@ -73,6 +73,30 @@ pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
     tracing::info!(region = %args.region, "shutting down: draining in-flight requests");
     running.shutdown().await;
     Ok(())
+}
+
+/// The registry behind `/v1/wechat-ids`, when the deployment runs one: a client endpoint with the
+/// gateway's own certificate, asking the region's registry node first. Without a registry the
+/// routes answer 503 `registry_not_configured`.
+fn registry_client(
+    d: &homeport_config::Deployment,
+    region: &str,
+) -> Result<Option<Arc<dyn homeport_gateway::wechat_ids::WechatIds>>> {
+    if d.region(region).and_then(|r| r.registry.as_ref()).is_none() {
+        return Ok(None);
+    }
+    let tls = homeport_wire::TlsFiles::for_identity(
+        &d.tls.ca_cert,
+        &d.tls.cert_dir,
+        &homeport_config::gateway_identity(region),
+    );
+    let bind = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    let endpoint =
+        homeport_wire::client_endpoint(bind, &tls, &homeport_wire::EndpointLimits::default())
+            .context("the gateway's QUIC endpoint for the registry")?;
+    let client = homeport_registry::client::RegistryClient::new(endpoint, d, region)
+        .with_context(|| format!("the registry client of region {region}"))?;
+    Ok(Some(Arc::new(client)))
 }
 
 fn check_kid(kid: &str) -> Result<()> {

@@ -435,7 +435,7 @@ impl Gateway {
                 Ok(ClaimOutcome::HeldByOther { owner }) => problem_with(
                     StatusCode::CONFLICT,
                     "wechat_id_taken",
-                    format!("WeChat ID {id:?} is held by another user; choose another ID"),
+                    format!("WeChat ID \"{id}\" is held by another user; choose another ID"),
                     owner_extra(&owner),
                 ),
                 Err(e) => self.registry_failed(&id, "claim", e),
@@ -456,7 +456,7 @@ impl Gateway {
                     StatusCode::FORBIDDEN,
                     "not_wechat_id_owner",
                     format!(
-                        "WeChat ID {id:?} is held by another user; only its owner may release it"
+                        "WeChat ID \"{id}\" is held by another user; only its owner may release it"
                     ),
                     owner_extra(&owner),
                 ),
@@ -474,7 +474,7 @@ impl Gateway {
                     problem_with(
                         StatusCode::NOT_FOUND,
                         "wechat_id_free",
-                        format!("nobody holds WeChat ID {id:?}; PUT it to claim it"),
+                        format!("nobody holds WeChat ID \"{id}\"; PUT it to claim it"),
                         extra,
                     )
                 }
@@ -496,14 +496,14 @@ impl Gateway {
             WechatIdError::Failed(message) => problem(
                 StatusCode::BAD_GATEWAY,
                 "registry_failed",
-                format!("the {op} of WeChat ID {id:?} failed: {message}"),
+                format!("the {op} of WeChat ID \"{id}\" failed: {message}"),
             ),
             WechatIdError::OutcomeUnknown(why) => {
                 let message = if op == "lookup" {
-                    format!("the registry did not answer the lookup of {id:?} ({why}); retry")
+                    format!("the registry did not answer the lookup of \"{id}\" ({why}); retry")
                 } else {
                     format!(
-                        "the registry did not confirm the {op} of WeChat ID {id:?} ({why}); it \
+                        "the registry did not confirm the {op} of WeChat ID \"{id}\" ({why}); it \
                          may still take effect. Retrying is safe: the {op} is idempotent, and \
                          the retry's answer tells the outcome"
                     )

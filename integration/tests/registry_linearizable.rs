@@ -36,6 +36,7 @@ use homeport_registry::node::{FORGET_PROMISES, UNSAFE_FAULT_ENV};
 use homeport_registry::registry::WxidStatus;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
 
 const REGIONS: [&str; 3] = ["sh", "hk", "ca"];
 /// WeChat IDs the clients fight over.
@@ -43,8 +44,9 @@ const KEYS: usize = 4;
 /// Clients; client `i` uses key `i % KEYS` and node `REGIONS[i % 3]`, so every key has 3 clients
 /// on 3 different nodes (4 and 3 are coprime), each with a uid of its own.
 const CLIENTS: usize = 12;
-/// Hard bound on recorded operations: the run stops (and fails its progress check) past it.
-const MAX_OPS: usize = 2_000;
+/// Operations the clients may start per phase; past it they wait for the next phase, so a slow
+/// restart cannot pile up operations: at most 5 phases × 400 = 2000 operations per run.
+const MAX_OPS_PER_PHASE: usize = 400;
 /// Operations that must succeed (invoked and answered in the same phase) in every phase.
 const MIN_OK_OPS_PER_PHASE: u64 = 20;
 /// Generous: a phase on a loaded 2-core machine reaches its quota in a few seconds.
@@ -99,14 +101,15 @@ fn key_name(k: usize) -> String {
 /// What the workload shares between the clients and the fault schedule.
 struct Shared {
     rec: Rec,
-    /// Current phase, as set by the schedule.
-    phase: AtomicUsize,
+    /// Current phase, as set by the schedule (also woken on stop).
+    phase: watch::Sender<usize>,
     /// Per phase, operations answered (ok or refused) that were invoked in the same phase.
     ok_per_phase: Vec<AtomicU64>,
     /// Per region, operations answered.
     ok_per_region: Vec<AtomicU64>,
-    /// Operations invoked so far (bounded by [`MAX_OPS`]).
-    invoked: AtomicUsize,
+    /// Per phase, operations started (bounded by [`MAX_OPS_PER_PHASE`], plus refused tries).
+    started_per_phase: Vec<AtomicUsize>,
+    in_flight: AtomicUsize,
     unknown: AtomicU64,
     /// Errors that are neither refusals nor unknown outcomes (recorded as unknown).
     unexpected: std::sync::Mutex<Vec<String>>,
@@ -117,10 +120,11 @@ impl Shared {
     fn new(phases: usize) -> Arc<Self> {
         Arc::new(Shared {
             rec: Recorder::new(),
-            phase: AtomicUsize::new(0),
+            phase: watch::Sender::new(0),
             ok_per_phase: (0..phases).map(|_| AtomicU64::new(0)).collect(),
             ok_per_region: REGIONS.iter().map(|_| AtomicU64::new(0)).collect(),
-            invoked: AtomicUsize::new(0),
+            started_per_phase: (0..phases).map(|_| AtomicUsize::new(0)).collect(),
+            in_flight: AtomicUsize::new(0),
             unknown: AtomicU64::new(0),
             unexpected: std::sync::Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
@@ -131,17 +135,19 @@ impl Shared {
         self.ok_per_phase[phase].load(Ordering::SeqCst)
     }
 
+    fn budget_spent(&self, phase: usize) -> bool {
+        self.started_per_phase[phase].load(Ordering::SeqCst) >= MAX_OPS_PER_PHASE
+            && self.in_flight.load(Ordering::SeqCst) == 0
+    }
+
     /// Moves to `phase` and waits until [`MIN_OK_OPS_PER_PHASE`] operations succeeded in it.
     async fn run_phase(&self, phase: usize, what: &str) -> Result<()> {
-        self.phase.store(phase, Ordering::SeqCst);
+        self.phase.send_replace(phase);
         let started = Instant::now();
         let r = wait_until(
             &format!("{MIN_OK_OPS_PER_PHASE} answered operations in phase {phase} ({what})"),
             PHASE_TIMEOUT_MS,
-            || async {
-                self.ok_in(phase) >= MIN_OK_OPS_PER_PHASE
-                    || self.invoked.load(Ordering::SeqCst) >= MAX_OPS
-            },
+            || async { self.ok_in(phase) >= MIN_OK_OPS_PER_PHASE || self.budget_spent(phase) },
         )
         .await;
         if let Err(e) = r {
@@ -149,8 +155,8 @@ impl Shared {
         }
         if self.ok_in(phase) < MIN_OK_OPS_PER_PHASE {
             bail!(
-                "phase {phase} ({what}) got only {} answered operations before the budget of \
-                 {MAX_OPS} operations ran out: the registry is too slow or stuck",
+                "phase {phase} ({what}) got only {} answered operations out of \
+                 {MAX_OPS_PER_PHASE} started: the registry is too slow or stuck",
                 self.ok_in(phase)
             );
         }
@@ -175,16 +181,22 @@ async fn client_loop(
     let uid = format!("u{i}");
     let mut rng = StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut probing = false;
+    let mut phase_rx = shared.phase.subscribe();
     while !shared.stop.load(Ordering::SeqCst) {
-        if shared.invoked.fetch_add(1, Ordering::SeqCst) >= MAX_OPS {
-            break;
+        let phase = *phase_rx.borrow_and_update();
+        if shared.started_per_phase[phase].fetch_add(1, Ordering::SeqCst) >= MAX_OPS_PER_PHASE {
+            // This phase's budget is spent: wait for the next phase, or the stop.
+            if phase_rx.changed().await.is_err() {
+                break;
+            }
+            continue;
         }
+        shared.in_flight.fetch_add(1, Ordering::SeqCst);
         let op = match (probing, rng.random_range(0..10)) {
             (true, _) | (false, 0..3) => RegistryOp::Lookup,
             (false, 3..7) => RegistryOp::Claim(uid.clone()),
             (false, _) => RegistryOp::Release(uid.clone()),
         };
-        let phase = shared.phase.load(Ordering::SeqCst);
         let inv = shared.rec.invoke(key.clone(), op.clone());
         let answer: Result<RegistryRet<String>, ClientError> = match &op {
             RegistryOp::Claim(u) => match client.claim(&key, u).await {
@@ -210,7 +222,7 @@ async fn client_loop(
             Ok(ret) => {
                 inv.ok(ret);
                 probing = false;
-                if shared.phase.load(Ordering::SeqCst) == phase {
+                if *shared.phase.borrow() == phase {
                     shared.ok_per_phase[phase].fetch_add(1, Ordering::SeqCst);
                 }
                 shared.ok_per_region[region_index].fetch_add(1, Ordering::SeqCst);
@@ -231,8 +243,11 @@ async fn client_loop(
                         ));
                 }
                 probing = true;
-                tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
             }
+        }
+        shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if probing {
+            tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
         }
     }
 }
@@ -260,6 +275,7 @@ fn spawn_clients(
 
 async fn stop_clients(shared: &Shared, tasks: Vec<tokio::task::JoinHandle<()>>) -> Result<()> {
     shared.stop.store(true, Ordering::SeqCst);
+    shared.phase.send_modify(|_| {});
     for t in tasks {
         t.await?;
     }

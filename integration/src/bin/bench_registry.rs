@@ -33,13 +33,13 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, anyhow, ensure};
 use bytes::Bytes;
 use clap::Parser;
-use http_body_util::BodyExt as _;
 use homeport_integration::bench_claims::{
     LoopResult, closed_loop, cpu_busy, cpu_jiffies, load_average, metric_sum,
 };
 use homeport_integration::registries::RegistryCluster;
 use homeport_integration::wan::{LinkConditions, Wan};
 use homeport_registry::client::{Claimed, RegistryClient};
+use http_body_util::BodyExt as _;
 
 /// The regions, the client's first.
 const REGIONS: [&str; 3] = ["sh", "hk", "ca"];
@@ -153,7 +153,8 @@ async fn run(args: Args) -> Result<()> {
 
 /// Three registry nodes, optionally behind the WAN emulator, and a client in sh.
 struct Bed {
-    cluster: RegistryCluster,
+    /// Kept for its Drop, which kills the nodes.
+    _cluster: RegistryCluster,
     client: Arc<RegistryClient>,
     /// sh's node's `/metrics` listener: sh's node runs every proposal of this benchmark.
     admin: SocketAddr,
@@ -214,7 +215,7 @@ impl Bed {
             cluster.dir.path().display()
         );
         Ok(Bed {
-            cluster,
+            _cluster: cluster,
             client,
             admin,
             http: homeport_integration::bench_http_client(),
@@ -309,7 +310,9 @@ async fn measure(
                 async move {
                     match client.claim(&wxid, &uid).await {
                         Ok(Claimed::Claimed { released: None }) => Ok(()),
-                        Ok(other) => Err(anyhow!("claim of fresh {wxid} by fresh {uid}: {other:?}")),
+                        Ok(other) => {
+                            Err(anyhow!("claim of fresh {wxid} by fresh {uid}: {other:?}"))
+                        }
                         Err(e) => Err(anyhow!("claim of {wxid}: {e}")),
                     }
                 }
@@ -442,7 +445,9 @@ fn print_report(
     println!(
         "| scenario | conc | claims/s | p50 ms | p99 ms | errors | prepares/claim | accepts/claim | conflicts | sh fsyncs/s | requests/fsync | CPU busy |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for r in rows {
         let claims = r.result.ok.max(1) as f64;
         let k = &r.counters;
