@@ -808,8 +808,12 @@ fn refuse(
     if already_agreed {
         return Step::Wait;
     }
+    // A conflict ends the round at once: a higher ballot is out there, so this round can win only
+    // with every other acceptor, and when one is unreachable (a region cut off) waiting for it
+    // would cost a whole `round_timeout_ms` per conflict. Abandoning a round is always safe.
+    let conflict = matches!(refusal, Refusal::Conflict(_));
     refused.insert(from, refusal);
-    if acceptors - refused.len() >= majority(acceptors) {
+    if !conflict && acceptors - refused.len() >= majority(acceptors) {
         return Step::Wait;
     }
     let highest = refused
