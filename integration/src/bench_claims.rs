@@ -1,6 +1,6 @@
-//! Pieces the claim benchmarks share (`bench-registry`; `bench-etcd` has its own copies from
-//! before this module): a closed-loop driver with an hdrhistogram per task, the machine's load
-//! average, whole-machine CPU busy from `/proc/stat`, and counters read from a Prometheus page.
+//! Pieces the benchmark programs share: a closed-loop driver with an hdrhistogram per task (the
+//! claim benchmarks), the machine's load average, whole-machine CPU busy from `/proc/stat`, and
+//! `/metrics` pages fetched and read.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -120,6 +120,30 @@ pub fn cpu_busy(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option
     let ((b0, t0), (b1, t1)) = (before?, after?);
     let total = t1.checked_sub(t0)?;
     (total > 0).then(|| b1.saturating_sub(b0) as f64 / total as f64)
+}
+
+/// Longest wait for one `/metrics` page; an admin listener slower than this counts as absent.
+pub const SCRAPE_TIMEOUT_MS: u64 = 2_000;
+
+/// `GET /metrics` over plain HTTP/1.0 (the admin listeners are axum), or `None` if it does not
+/// answer within [`SCRAPE_TIMEOUT_MS`].
+pub async fn scrape_metrics(addr: std::net::SocketAddr) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8(buf).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.").then(|| body.to_owned())
+    };
+    tokio::time::timeout(Duration::from_millis(SCRAPE_TIMEOUT_MS), fetch)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Sum of the samples named `name` (exactly, before `{` or a space) whose labels contain every

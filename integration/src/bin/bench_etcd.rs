@@ -28,6 +28,7 @@
 //! Run it with `scripts/etcd-cluster.sh bench` (installs etcd, builds in release); numbers are
 //! printed, nothing is asserted.
 
+use homeport_integration::bench_claims::load_average;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -674,12 +675,6 @@ async fn closed_loop(
 
 // ---------------------------------------------------------------------------------------------
 // Report
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".to_owned())
-}
 
 fn etcd_version() -> String {
     std::process::Command::new("etcd")

@@ -12,6 +12,7 @@
 //!
 //! Run it with `scripts/bench-queue.sh` (installs nats-server, builds in release).
 
+use homeport_integration::bench_claims::scrape_metrics;
 use std::fmt::Write as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
@@ -26,7 +27,6 @@ use hdrhistogram::Histogram;
 use homeport_integration::{Cluster, ClusterSpec};
 use homeport_queue::producer::Producer;
 use homeport_wire::pb;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Largest latency the histograms hold; anything slower is clamped (and would be a failure anyway,
 /// far past both systems' append timeouts).
@@ -35,8 +35,6 @@ const MAX_LATENCY_US: u64 = 60_000_000;
 const NATS_READY_TIMEOUT_MS: u64 = 60_000;
 /// Pause after a failed append, so a dead system is not hammered in a tight loop.
 const ERROR_BACKOFF_MS: u64 = 10;
-/// How long one `/metrics` scrape of a node may take before it counts as missing.
-const SCRAPE_TIMEOUT_MS: u64 = 2_000;
 /// Samples of the raw disk baseline (write one payload + fdatasync).
 const FDATASYNC_BASELINE_SAMPLES: usize = 200;
 /// The region the benchmark's one queue group lives in.
@@ -518,25 +516,6 @@ impl std::ops::Sub for NodeCounters {
             fsync_secs: self.fsync_secs - o.fsync_secs,
         }
     }
-}
-
-/// `GET /metrics` over plain HTTP/1.0 (the admin listener is axum), or `None` if it does not answer.
-async fn scrape_metrics(addr: std::net::SocketAddr) -> Option<String> {
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
-            .await
-            .ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8(buf).ok()?;
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.").then(|| body.to_owned())
-    };
-    tokio::time::timeout(Duration::from_millis(SCRAPE_TIMEOUT_MS), fetch)
-        .await
-        .ok()
-        .flatten()
 }
 
 /// The sum of every sample of metric `name` (all label sets) in Prometheus text, or `None` if the

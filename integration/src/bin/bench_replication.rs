@@ -20,6 +20,7 @@
 //! and their temp dirs are removed. Run it with `scripts/bench-replication.sh`. The report goes
 //! to stdout (markdown), progress to stderr.
 
+use homeport_integration::bench_claims::scrape_metrics;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -41,7 +42,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// The regions; every write is homed in the first, lag is measured at the others.
 const HOME: &str = "sh";
@@ -69,8 +69,6 @@ const PROBE_FAST_FOR_MS: u64 = 300;
 const PROBE_SLOW_POLL_MS: u64 = 25;
 /// A probe that has not seen its write after this long gives up (counted as timed out).
 const PROBE_TIMEOUT_MS: u64 = 60_000;
-/// How long one `/metrics` scrape may take before it counts as missing.
-const SCRAPE_TIMEOUT_MS: u64 = 2_000;
 /// A level is sustainable only if the achieved rate is at least this share of the target.
 const MIN_ACHIEVED_SHARE: f64 = 0.95;
 /// ... and the replicas' backlog grows by at most this share of the target rate per second
@@ -710,25 +708,6 @@ fn slope(points: &[(f64, f64)]) -> Option<f64> {
 // ---------------------------------------------------------------------------------------------
 // Metrics and CPU
 
-/// `GET /metrics` over plain HTTP/1.0, or `None` if it does not answer.
-async fn scrape(addr: SocketAddr) -> Option<String> {
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
-            .await
-            .ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8(buf).ok()?;
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.").then(|| body.to_owned())
-    };
-    tokio::time::timeout(Duration::from_millis(SCRAPE_TIMEOUT_MS), fetch)
-        .await
-        .ok()
-        .flatten()
-}
-
 /// The sum of the samples of metric `name` whose labels include all of `labels`, or `None` if
 /// there is none.
 fn prom(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -797,7 +776,7 @@ impl std::ops::Sub for Counters {
 
 /// A region process's store and producer counters (absent metrics read as 0).
 async fn region_counters(admin: SocketAddr) -> Counters {
-    let Some(t) = scrape(admin).await else {
+    let Some(t) = scrape_metrics(admin).await else {
         return Counters::default();
     };
     let v = |name: &str| prom(&t, name, &[]).unwrap_or(0.0);
@@ -815,7 +794,9 @@ async fn region_counters(admin: SocketAddr) -> Counters {
 async fn node_counters(nodes: &[SocketAddr]) -> Counters {
     let mut c = Counters::default();
     for n in nodes {
-        let Some(t) = scrape(*n).await else { continue };
+        let Some(t) = scrape_metrics(*n).await else {
+            continue;
+        };
         let v = |name: &str| prom(&t, name, &[]).unwrap_or(0.0);
         c.node_group_commits += v("homeport_queue_group_commit_entries_count");
         c.node_entries += v("homeport_queue_group_commit_entries_sum");
@@ -838,7 +819,7 @@ struct ApplyDelay {
 }
 
 async fn apply_delay(admin: SocketAddr) -> Option<ApplyDelay> {
-    let t = scrape(admin).await?;
+    let t = scrape_metrics(admin).await?;
     let name = "homeport_replay_apply_delay_seconds";
     let q = |quantile: &str| {
         prom(&t, name, &[("source", HOME), ("quantile", quantile)]).map(|s| s * 1_000.0)
