@@ -59,6 +59,17 @@ pub(crate) fn request_to_pb(r: &Request) -> pb::AcceptorRequest {
             register: Some(register_to(register)),
             promise_next: *promise_next,
         },
+        Request::FastAccept {
+            key,
+            ballot,
+            register,
+        } => pb::AcceptorRequest {
+            kind: pb::AcceptorRequestKind::FastAccept as i32,
+            key: key.clone(),
+            ballot: Some(ballot_to(*ballot)),
+            register: Some(register_to(register)),
+            promise_next: false,
+        },
     }
 }
 
@@ -72,8 +83,14 @@ pub(crate) fn request_from_pb(r: pb::AcceptorRequest) -> Result<Request, String>
             register: register_from(r.register)?,
             promise_next: r.promise_next,
         }),
+        Ok(pb::AcceptorRequestKind::FastAccept) => Ok(Request::FastAccept {
+            key: r.key,
+            ballot,
+            register: register_from(r.register)?,
+        }),
         _ => Err(format!(
-            "acceptor request kind {} is unknown; this node speaks prepare and accept",
+            "acceptor request kind {} is unknown; this node speaks prepare, accept and fast \
+             accept",
             r.kind
         )),
     }
@@ -329,6 +346,14 @@ mod tests {
             Request::Prepare {
                 key: "wxid/abc123".into(),
                 ballot: b(3, 9),
+            },
+            Request::FastAccept {
+                key: "wxid/new-one".into(),
+                ballot: b(1, 7),
+                register: Register {
+                    version: 1,
+                    value: Some(Bytes::from_static(b"owner")),
+                },
             },
             Request::Accept {
                 key: "user/sh-1".into(),

@@ -639,6 +639,7 @@ impl ProposerTask {
                         let phase = match request {
                             Request::Prepare { .. } => "prepare",
                             Request::Accept { .. } => "accept",
+                            Request::FastAccept { .. } => "fast_accept",
                         };
                         metrics::counter!("registry_rounds_total", "phase" => phase).increment(1);
                     }

@@ -39,6 +39,11 @@ use stateright::{Checker, Expectation, HasDiscoveries, Model};
 
 const ACCEPTORS: usize = 3;
 const KEY: &str = "wxid/szdy01";
+/// The timer that starts a delayed region's script (no proposer op has this id).
+const START: TimerId = TimerId {
+    op: homeport_registry::paxos::proposer::OpId(u64::MAX),
+    seq: 0,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Msg {
@@ -94,6 +99,7 @@ struct Cfg {
     single_claim: bool,
     /// The scenario must reach a change made in one round trip (the piggybacked prepare).
     expect_one_round_trip: bool,
+    expect_progress: bool,
 }
 
 /// One region: its acceptor, and a proposer running `script` (empty: no proposer). The
@@ -104,6 +110,10 @@ struct Cfg {
 struct Region<S> {
     index: usize,
     script: Vec<RegistryChange>,
+    /// Claims (reserves) try the fast round first.
+    fast: bool,
+    /// The script starts on a timer, so other regions' messages can come first.
+    delayed: bool,
     config: ProposerConfig,
     storage: std::marker::PhantomData<S>,
 }
@@ -119,6 +129,8 @@ struct Done {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ProposerState {
     proposer: Proposer<RegistryChange>,
+    /// Whether the script has started (a delayed region starts on a timer).
+    started: bool,
     incarnation: u64,
     /// The next scripted operation to submit.
     next: usize,
@@ -175,14 +187,19 @@ impl<S: ModelStorage> Region<S> {
 
     fn accept_locally(st: &mut RegionState<S>, request: Request) -> Reply {
         let reply = st.acceptor.handle(request.clone());
-        if let (
-            Request::Accept {
-                ballot, register, ..
-            },
-            Reply::Accepted { .. },
-        ) = (&request, &reply)
-        {
-            st.accepted.insert((*ballot, register.clone()));
+        match (&request, &reply) {
+            (
+                Request::Accept {
+                    ballot, register, ..
+                },
+                Reply::Accepted { .. },
+            ) => {
+                st.accepted.insert((*ballot, register.clone()));
+            }
+            (Request::FastAccept { register, .. }, Reply::Accepted { .. }) => {
+                st.accepted.insert((Ballot::ZERO, register.clone()));
+            }
+            _ => {}
         }
         reply
     }
@@ -242,10 +259,14 @@ impl<S: ModelStorage> Region<S> {
     }
 
     fn submit_next(&self, p: &mut ProposerState) {
-        if p.running.is_none() && p.next < self.script.len() {
-            p.proposer
-                .submit(KEY, self.script[p.next].clone())
-                .expect("within limits");
+        if p.started && p.running.is_none() && p.next < self.script.len() {
+            let change = self.script[p.next].clone();
+            if self.fast && matches!(change, RegistryChange::Reserve { .. }) {
+                p.proposer.submit_fast(KEY, change)
+            } else {
+                p.proposer.submit(KEY, change)
+            }
+            .expect("within limits");
             p.running = Some(p.next);
             p.next += 1;
         }
@@ -299,10 +320,15 @@ impl<S: ModelStorage> Actor for Region<S> {
             incarnation,
             next: saved.next,
             running: None,
+            // After a restart the script goes on at once.
+            started: restarted || !self.delayed,
             done: saved.done,
             failed: saved.failed,
             abandoned,
         });
+        if !restarted && self.delayed && !self.script.is_empty() {
+            o.set_timer(START, model_timeout());
+        }
         let (acceptor, accepted) = (saved.acceptor, saved.accepted);
         let mut st = RegionState {
             acceptor: Acceptor::new(acceptor),
@@ -336,6 +362,15 @@ impl<S: ModelStorage> Actor for Region<S> {
         timer: &TimerId,
         o: &mut Out<Self>,
     ) {
+        if *timer == START {
+            let mut next = (**state).clone();
+            if let Some(p) = &mut next.proposer {
+                p.started = true;
+            }
+            self.pump(&mut next, o);
+            *state.to_mut() = next;
+            return;
+        }
         self.handle(state, Input::Timer(*timer), o);
     }
 }
@@ -343,7 +378,8 @@ impl<S: ModelStorage> Actor for Region<S> {
 type RegModel<S> = ActorModel<Region<S>, Cfg, ()>;
 type RegState<S> = stateright::actor::ActorModelState<Region<S>, ()>;
 
-/// Registers accepted by a majority at one ballot, by version.
+/// Registers accepted by a majority at one ballot (by every acceptor at round zero, the fast
+/// round), by version.
 fn chosen<S: ModelStorage>(state: &RegState<S>) -> BTreeMap<u64, BTreeSet<Register>> {
     let mut count: BTreeMap<&(Ballot, Register), usize> = BTreeMap::new();
     for region in &state.actor_states {
@@ -352,8 +388,13 @@ fn chosen<S: ModelStorage>(state: &RegState<S>) -> BTreeMap<u64, BTreeSet<Regist
         }
     }
     let mut chosen: BTreeMap<u64, BTreeSet<Register>> = BTreeMap::new();
-    for ((_, register), n) in count {
-        if n >= majority(ACCEPTORS) {
+    for ((ballot, register), n) in count {
+        let quorum = if *ballot == Ballot::ZERO {
+            ACCEPTORS
+        } else {
+            majority(ACCEPTORS)
+        };
+        if n >= quorum {
             chosen
                 .entry(register.version)
                 .or_default()
@@ -380,7 +421,13 @@ fn owner(r: &Register) -> Option<String> {
 
 fn one_value_per_version<S: ModelStorage>(_: &RegModel<S>, state: &RegState<S>) -> bool {
     let mut by_ballot: BTreeMap<Ballot, &Register> = BTreeMap::new();
-    for (ballot, register) in state.actor_states.iter().flat_map(|r| &r.accepted) {
+    // Round zero (the fast round) may carry several registers; every other ballot one.
+    let prepared = state
+        .actor_states
+        .iter()
+        .flat_map(|r| &r.accepted)
+        .filter(|(ballot, _)| *ballot != Ballot::ZERO);
+    for (ballot, register) in prepared {
         if *by_ballot.entry(*ballot).or_insert(register) != register {
             return false;
         }
@@ -436,6 +483,10 @@ fn no_two_owners<S: ModelStorage>(model: &RegModel<S>, state: &RegState<S>) -> b
 }
 
 fn all_operations_ended<S: ModelStorage>(model: &RegModel<S>, state: &RegState<S>) -> bool {
+    model.cfg.expect_progress && every_operation_ended(model, state) || !model.cfg.expect_progress
+}
+
+fn every_operation_ended<S: ModelStorage>(model: &RegModel<S>, state: &RegState<S>) -> bool {
     let scripts: usize = model.actors.iter().map(|a| a.script.len()).sum();
     let ended: usize = state
         .actor_states
@@ -451,13 +502,14 @@ fn a_change_took_one_round_trip<S: ModelStorage>(model: &RegModel<S>, state: &Re
         || results(state).any(|d| d.round_trips == 1 && d.before != d.after)
 }
 
-fn a_claim_succeeded<S: ModelStorage>(_: &RegModel<S>, state: &RegState<S>) -> bool {
-    results(state).any(|d| {
-        matches!(
-            d.change.outcome(d.before.value.as_ref()),
-            Ok(Outcome::Reserved)
-        )
-    })
+fn a_claim_succeeded<S: ModelStorage>(model: &RegModel<S>, state: &RegState<S>) -> bool {
+    !model.cfg.expect_progress
+        || results(state).any(|d| {
+            matches!(
+                d.change.outcome(d.before.value.as_ref()),
+                Ok(Outcome::Reserved)
+            )
+        })
 }
 
 fn reserve(uid: &str) -> RegistryChange {
@@ -482,6 +534,13 @@ struct Scenario {
     single_claim: bool,
     expect_one_round_trip: bool,
     piggyback: bool,
+    /// Per region: its claims try the fast round first.
+    fast: [bool; ACCEPTORS],
+    /// Per region: its script starts on a timer instead of at once.
+    delayed: [bool; ACCEPTORS],
+    /// Expect every operation to end and a claim to succeed in some state (off for scenarios
+    /// bounded too shallow to get there; random walks check progress).
+    expect_progress: bool,
     max_attempts: u32,
     duplicating: bool,
     lossy: bool,
@@ -501,6 +560,9 @@ fn two_claims() -> Scenario {
         single_claim: true,
         expect_one_round_trip: false,
         piggyback: true,
+        fast: [false; ACCEPTORS],
+        delayed: [false; ACCEPTORS],
+        expect_progress: true,
         max_attempts: 1,
         duplicating: false,
         lossy: false,
@@ -519,17 +581,21 @@ fn model<S: ModelStorage>(sc: &Scenario) -> RegModel<S> {
         piggyback: sc.piggyback,
         max_pending_ops: 4,
         max_cached_keys: 4,
+        fast_round: true,
     };
     ActorModel::new(
         Cfg {
             single_claim: sc.single_claim,
             expect_one_round_trip: sc.expect_one_round_trip,
+            expect_progress: sc.expect_progress,
         },
         (),
     )
     .actors(sc.scripts.iter().enumerate().map(|(index, script)| Region {
         index,
         script: script.clone(),
+        fast: sc.fast[index],
+        delayed: sc.delayed[index],
         config: config.clone(),
         storage: std::marker::PhantomData,
     }))
@@ -669,6 +735,90 @@ fn three_proposers_race() {
     });
 }
 
+/// The fast round against a full round: alice's claim tries round zero (no prepare) on every
+/// acceptor while bob's claim prepares; whoever loses falls back or retries.
+fn fast_vs_full_claim() -> Scenario {
+    Scenario {
+        name: "fast claim vs full claim, reordering",
+        fast: [true, false, false],
+        delayed: [false, true, false],
+        expect_one_round_trip: true,
+        max_depth: Some(10),
+        ..two_claims()
+    }
+}
+
+#[test]
+fn a_fast_claim_races_a_full_claim() {
+    let states = check::<Durable>(&fast_vs_full_claim());
+    assert!(
+        states > 1_000,
+        "the model explored too little to mean anything: {states}"
+    );
+}
+
+#[test]
+fn a_fast_claim_races_a_full_claim_with_a_crash_and_restart() {
+    check::<Durable>(&Scenario {
+        name: "fast claim vs full claim, a crash",
+        max_crashes: 1,
+        max_depth: Some(9),
+        ..fast_vs_full_claim()
+    });
+}
+
+#[test]
+fn a_fast_claim_races_a_full_claim_with_duplicated_messages() {
+    check::<Durable>(&Scenario {
+        name: "fast claim vs full claim, duplication",
+        duplicating: true,
+        max_depth: Some(8),
+        ..fast_vs_full_claim()
+    });
+}
+
+#[test]
+fn a_fast_claim_then_a_piggybacked_release_race_a_full_claim() {
+    check::<Durable>(&Scenario {
+        name: "fast claim + piggybacked release vs full claim",
+        scripts: [
+            vec![reserve("alice"), release("alice")],
+            vec![reserve("bob")],
+            vec![],
+        ],
+        single_claim: false,
+        max_depth: Some(10),
+        ..fast_vs_full_claim()
+    });
+}
+
+#[test]
+fn two_fast_claims_race_then_fall_back() {
+    // Each region's own acceptor votes for its own claim at once, so neither fast round can
+    // win: both fall back to full rounds, whose prepares must sort out round zero.
+    check::<Durable>(&Scenario {
+        name: "two fast claims",
+        fast: [true, true, false],
+        max_attempts: 2,
+        max_depth: Some(8),
+        expect_progress: false,
+        ..two_claims()
+    });
+}
+
+#[test]
+fn random_deep_walks_with_every_fault_and_the_fast_round() {
+    let sc = Scenario {
+        name: "random walks, every fault, fast round",
+        fast: [true, true, false],
+        ..every_fault()
+    };
+    let (steps, ended) =
+        random_walks(&model::<Durable>(&sc), 13, 1000, 300).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("model {}: {steps} steps, {ended} walks ended", sc.name);
+    assert!(ended > 100, "walks rarely got anywhere: {ended} of 1000");
+}
+
 #[test]
 fn random_deep_walks_with_every_fault_at_once() {
     // Loss, duplication, a crash, retries, piggybacking and three proposers together are too
@@ -700,6 +850,9 @@ fn every_fault() -> Scenario {
         single_claim: false,
         expect_one_round_trip: true,
         piggyback: true,
+        fast: [false; ACCEPTORS],
+        delayed: [false; ACCEPTORS],
+        expect_progress: true,
         max_attempts: 3,
         duplicating: true,
         lossy: true,
@@ -752,7 +905,7 @@ fn random_walks<S: ModelStorage>(
             }
             steps += 1;
         }
-        if all_operations_ended(model, &state) {
+        if every_operation_ended(model, &state) {
             ended += 1;
         }
     }
@@ -794,7 +947,16 @@ fn a_broken_acceptor_is_caught() {
     );
     assert!(!found.is_empty(), "the checker missed a broken acceptor");
 
-    // The random walks with every fault catch it too.
+    // The random walks with every fault catch it too, with and without the fast round.
     let walked = random_walks(&model::<ForgetsPromises>(&every_fault()), 11, 1000, 300);
     assert!(walked.is_err(), "the random walks missed a broken acceptor");
+    let fast = Scenario {
+        fast: [true, true, false],
+        ..every_fault()
+    };
+    let walked = random_walks(&model::<ForgetsPromises>(&fast), 11, 1000, 300);
+    assert!(
+        walked.is_err(),
+        "the random walks missed a broken acceptor with the fast round"
+    );
 }

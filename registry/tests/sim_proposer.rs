@@ -59,6 +59,7 @@ fn config(piggyback: bool) -> ProposerConfig {
         piggyback,
         max_pending_ops: 1000,
         max_cached_keys: 100,
+        fast_round: true,
     }
 }
 
@@ -88,8 +89,26 @@ fn submit(
     key: &str,
     op: ListOp,
 ) {
+    submit_with(sim, submitted, client, key, op, false)
+}
+
+/// `fast`: try the fast round first (the key may well not be new: then it falls back).
+fn submit_with(
+    sim: &mut Sim<Proposer<ListOp>>,
+    submitted: &mut Submitted,
+    client: usize,
+    key: &str,
+    op: ListOp,
+    fast: bool,
+) {
     let id = sim
-        .with_client(client, |p| p.submit(key, op.clone()))
+        .with_client(client, |p| {
+            if fast {
+                p.submit_fast(key, op.clone())
+            } else {
+                p.submit(key, op.clone())
+            }
+        })
         .unwrap();
     let inc = sim.clients[client].incarnation;
     submitted.insert((client, inc, id), (key.to_owned(), op));
@@ -117,22 +136,25 @@ fn results<'a>(
     })
 }
 
-/// One seeded run: random appends from 3 proposers on 2 keys under `Faults::harsh`, then heal,
-/// then check everything any proposer reported against the final chosen values.
+/// One seeded run: random appends from 3 proposers on 3 keys under `Faults::harsh` (half of
+/// them trying the fast round first, which races on a new key and falls back on a used one),
+/// then heal, then check everything any proposer reported against the final chosen values.
 fn faulty_run(seed: u64, piggyback: bool) -> common::Stats {
     let mut sim = sim(seed, 3, Faults::harsh(), piggyback);
     let mut submitted = Submitted::new();
-    let keys = ["k0", "k1"];
+    let keys = ["k0", "k1", "k2"];
     let mut next_token = 1u64;
     for _ in 0..8 {
         for client in 0..3 {
             let key = keys[sim.rng.random_range(0..keys.len())];
-            submit(
+            let fast = sim.rng.random_range(0..2) == 0;
+            submit_with(
                 &mut sim,
                 &mut submitted,
                 client,
                 key,
                 ListOp::Append(next_token),
+                fast,
             );
             next_token += 1;
         }

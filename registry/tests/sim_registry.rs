@@ -32,6 +32,7 @@ fn config() -> RegistryConfig {
             piggyback: true,
             max_pending_ops: 1000,
             max_cached_keys: 100,
+            fast_round: true,
         },
         max_steps_per_operation: 40,
     }

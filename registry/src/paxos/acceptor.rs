@@ -14,9 +14,12 @@
 //! - Accept `b`: done if `b >= promised` (the proposer holds a majority of grants for `b`);
 //!   then `accepted = (b, register)` and `promised = b`, or `b.next()` if the request asks to
 //!   promise the next ballot (the one-round-trip optimization).
+//! - Fast accept at promise `b` (round zero, see [`super`]): done if the key has seen nothing
+//!   (`promised` is [`Ballot::ZERO`]); then `accepted = (ZERO, register)` and `promised = b`. A
+//!   duplicate of the fast accept that was done is answered done again, without a write.
 //! - Anything else: `Conflict` with the promised ballot, and no write.
 
-use super::{AcceptedValue, MAX_KEY_BYTES, MAX_VALUE_BYTES, Reply, Request};
+use super::{AcceptedValue, Ballot, MAX_KEY_BYTES, MAX_VALUE_BYTES, Reply, Request};
 use crate::storage::{AcceptorStorage, KeyState};
 
 /// Most requests [`Acceptor::handle_batch`] takes at once, to bound one write transaction; a
@@ -152,6 +155,34 @@ fn decide(current: &KeyState, request: &Request) -> (Option<KeyState>, Reply) {
                 (None, conflict(key, *ballot, current))
             }
         }
+        Request::FastAccept {
+            key,
+            ballot,
+            register,
+        } => {
+            let done = Reply::Accepted {
+                key: key.clone(),
+                ballot: *ballot,
+                promised_next: false,
+            };
+            let fast = AcceptedValue {
+                ballot: Ballot::ZERO,
+                register: register.clone(),
+            };
+            // Every accept promises at least its own ballot, which is above zero, so a key with
+            // nothing promised has nothing accepted; both are checked all the same.
+            if current.promised == Ballot::ZERO && current.accepted.is_none() {
+                let next = KeyState {
+                    promised: *ballot,
+                    accepted: Some(fast),
+                };
+                (Some(next), done)
+            } else if current.promised == *ballot && current.accepted.as_ref() == Some(&fast) {
+                (None, done)
+            } else {
+                (None, conflict(key, *ballot, current))
+            }
+        }
     }
 }
 
@@ -179,7 +210,14 @@ fn over_limit(request: &Request) -> Option<String> {
             key.len()
         ));
     }
-    if let Request::Accept { register, .. } = request
+    if let Request::FastAccept { ballot, .. } = request
+        && *ballot == Ballot::ZERO
+    {
+        return Some(
+            "a fast accept must promise a ballot above zero (a proposer's own ballot)".to_owned(),
+        );
+    }
+    if let Request::Accept { register, .. } | Request::FastAccept { register, .. } = request
         && let Some(v) = &register.value
         && v.len() > MAX_VALUE_BYTES
     {
@@ -386,5 +424,71 @@ mod tests {
         };
         assert!(matches!(a.handle(long_key), Reply::Failed { .. }));
         assert_eq!(a.storage().writes_done(), 0);
+    }
+
+    fn fast(promise: Ballot, register: Register) -> Request {
+        Request::FastAccept {
+            key: "k".into(),
+            ballot: promise,
+            register,
+        }
+    }
+
+    #[test]
+    fn a_fast_accept_is_done_only_on_a_key_that_has_seen_nothing() {
+        let mut a = Acceptor::new(MemStorage::new());
+        assert!(matches!(
+            a.handle(fast(b(1, 1), reg(1, b"x"))),
+            Reply::Accepted { ballot, .. } if ballot == b(1, 1)
+        ));
+        // A duplicate is answered again without a write; another value is refused (one vote
+        // in round zero).
+        let writes = a.storage().writes_done();
+        assert!(matches!(
+            a.handle(fast(b(1, 1), reg(1, b"x"))),
+            Reply::Accepted { .. }
+        ));
+        assert_eq!(a.storage().writes_done(), writes);
+        assert!(matches!(
+            a.handle(fast(b(1, 2), reg(1, b"y"))),
+            Reply::Conflict { promised, .. } if promised == b(1, 1)
+        ));
+        // The promise holds: lower ballots are refused, and a prepare reports round zero.
+        assert!(matches!(a.handle(prepare(b(1, 0))), Reply::Conflict { .. }));
+        assert_eq!(
+            a.handle(prepare(b(2, 3))),
+            Reply::Promised {
+                key: "k".into(),
+                ballot: b(2, 3),
+                accepted: Some(AcceptedValue {
+                    ballot: Ballot::ZERO,
+                    register: reg(1, b"x"),
+                }),
+            }
+        );
+        // A key a prepare has touched takes no fast accept.
+        assert!(matches!(
+            a.handle(Request::FastAccept {
+                key: "other".into(),
+                ballot: b(5, 5),
+                register: reg(1, b"z"),
+            }),
+            Reply::Accepted { .. }
+        ));
+        let mut a = Acceptor::new(MemStorage::new());
+        a.handle(prepare(b(1, 1)));
+        assert!(matches!(
+            a.handle(fast(b(3, 3), reg(1, b"x"))),
+            Reply::Conflict { .. }
+        ));
+        // A fast accept must promise a real ballot.
+        assert!(matches!(
+            a.handle(Request::FastAccept {
+                key: "new".into(),
+                ballot: Ballot::ZERO,
+                register: reg(1, b"x"),
+            }),
+            Reply::Failed { .. }
+        ));
     }
 }

@@ -7,13 +7,25 @@
 //! sans-IO state machines. The shell carries [`Request`]s from a proposer to acceptor `i` and the
 //! [`Reply`] back; it may lose, duplicate, delay or reorder them without harming safety.
 //!
-//! Safety rests on three rules, each enforced in one place:
+//! Safety rests on three rules, each enforced in one place (the fast round adds a fourth, below):
 //! - an acceptor grants a ballot at most once: its promise only ever grows, strictly on a
 //!   prepare, and an accept at ballot `b` that asks for the next promise moves it to `b.next()`
 //!   (`acceptor.rs`);
 //! - a proposer sends accept at ballot `b` only after a majority granted `b`, with the value
 //!   derived from the highest accepted proposal those grants reported (`proposer.rs`);
 //! - an acceptor answers only after its new state is durable ([`crate::storage`]).
+//!
+//! **The fast round** (Lamport's Fast Paxos, round zero, with a fast quorum of *every*
+//! acceptor): a proposer that expects a key to be new sends `FastAccept`, the change applied to
+//! no value, without a prepare. An acceptor that has seen nothing for the key accepts it at
+//! [`Ballot::ZERO`] (so it votes once in round zero) and promises the proposer's ballot; anything
+//! else answers conflict. The value is chosen only when *all* acceptors accepted it. Different
+//! proposers may get different values accepted at round zero, so a later prepare that finds
+//! round-zero proposals as the highest treats one as the current value only if *every* grant it
+//! uses reports that same proposal (it could have been chosen only then: any quorum of grants
+//! intersects the all-acceptor fast quorum in the whole quorum); otherwise nothing was chosen
+//! and the key is still empty. Round zero is below every prepared ballot, so a round-zero value
+//! accepted late never outweighs a value chosen in a real round.
 //!
 //! Since a ballot is granted at most once per acceptor, at most one proposer collects a majority
 //! for it, provided replies to one proposer cannot reach another: every proposer *incarnation*
@@ -128,18 +140,30 @@ pub enum Request {
         register: Register,
         promise_next: bool,
     },
+    /// The fast round (see [`proposer`]): if you have seen nothing at all for the key, accept
+    /// `register` at round zero ([`Ballot::ZERO`]) and promise `ballot`, in one write. Answered
+    /// with `Accepted` or `Conflict` at `ballot`.
+    FastAccept {
+        key: String,
+        ballot: Ballot,
+        register: Register,
+    },
 }
 
 impl Request {
     pub fn key(&self) -> &str {
         match self {
-            Request::Prepare { key, .. } | Request::Accept { key, .. } => key,
+            Request::Prepare { key, .. }
+            | Request::Accept { key, .. }
+            | Request::FastAccept { key, .. } => key,
         }
     }
 
     pub fn ballot(&self) -> Ballot {
         match self {
-            Request::Prepare { ballot, .. } | Request::Accept { ballot, .. } => *ballot,
+            Request::Prepare { ballot, .. }
+            | Request::Accept { ballot, .. }
+            | Request::FastAccept { ballot, .. } => *ballot,
         }
     }
 }

@@ -32,6 +32,14 @@
 //! is and a majority of grants report that same proposal, it is already chosen, and the accept
 //! round is skipped.
 //!
+//! **No prepare for a new key (the fast round).** An operation submitted with
+//! [`Proposer::submit_fast`] (the caller expects the key to be new, e.g. a WeChat ID nobody has
+//! claimed) first applies its change to no value and sends it as `FastAccept` to every acceptor
+//! (see [`super`]): if *all* accept, it is chosen in one round trip, and each has promised this
+//! proposer's ballot, so the next change of the key takes one round trip too. If any acceptor
+//! refuses (the key is not new) or does not answer in time, the operation falls back at once to
+//! a full round, whose prepare sorts out what round zero may have chosen.
+//!
 //! Operations on one key from one proposer run one at a time in submission order (two at once
 //! would only preempt each other); operations on different keys run concurrently.
 //!
@@ -92,6 +100,8 @@ pub struct ProposerConfig {
     pub max_pending_ops: usize,
     /// Keys for which the proposer remembers a granted next ballot (the oldest is forgotten).
     pub max_cached_keys: usize,
+    /// Let [`Proposer::submit_fast`] try the fast round (off: it is a plain submit).
+    pub fast_round: bool,
 }
 
 impl Default for ProposerConfig {
@@ -107,6 +117,7 @@ impl Default for ProposerConfig {
             piggyback: true,
             max_pending_ops: 10_000,
             max_cached_keys: 100_000,
+            fast_round: true,
         }
     }
 }
@@ -305,6 +316,13 @@ enum Phase {
         acks: BTreeSet<usize>,
         refused: BTreeMap<usize, Refusal>,
     },
+    /// The fast round: `after` (the change applied to no value) sent to every acceptor at round
+    /// zero, each asked to promise `ballot`. Chosen only if all accept.
+    FastAccepting {
+        ballot: Ballot,
+        after: Register,
+        acks: BTreeSet<usize>,
+    },
     BackingOff,
 }
 
@@ -318,6 +336,8 @@ struct Op<C> {
     timer: Option<TimerId>,
     timer_seq: u32,
     own: Vec<OwnProposal>,
+    /// Try the fast round before the first full round.
+    fast: bool,
 }
 
 /// A majority granted `ballot` while holding `register`: the next change may accept directly.
@@ -389,7 +409,19 @@ impl<C: Change> Proposer<C> {
 
     /// Starts changing `key` by `change`; it ends with one [`Output::Done`].
     pub fn submit(&mut self, key: impl Into<String>, change: C) -> Result<OpId, SubmitError> {
-        let key = key.into();
+        self.submit_with(key.into(), change, false)
+    }
+
+    /// Like [`Proposer::submit`], for a key the caller expects to be new: tries the fast round
+    /// first (one round trip, no prepare), unless this proposer already holds a granted ballot
+    /// for the key or `fast_round` is off. On a key that is not new it costs one extra round
+    /// trip, answered at once by every acceptor that has seen the key.
+    pub fn submit_fast(&mut self, key: impl Into<String>, change: C) -> Result<OpId, SubmitError> {
+        let fast = self.config.fast_round;
+        self.submit_with(key.into(), change, fast)
+    }
+
+    fn submit_with(&mut self, key: String, change: C, fast: bool) -> Result<OpId, SubmitError> {
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(SubmitError::KeyLength(key.len()));
         }
@@ -411,6 +443,7 @@ impl<C: Change> Proposer<C> {
                 timer: None,
                 timer_seq: 0,
                 own: Vec::new(),
+                fast,
             },
         );
         let queue = self.keys.entry(key).or_default();
@@ -441,7 +474,9 @@ impl<C: Change> Proposer<C> {
             Phase::Preparing {
                 ballot, promises, ..
             } => (*ballot, promises.contains_key(&from)),
-            Phase::Accepting { ballot, acks, .. } => (*ballot, acks.contains(&from)),
+            Phase::Accepting { ballot, acks, .. } | Phase::FastAccepting { ballot, acks, .. } => {
+                (*ballot, acks.contains(&from))
+            }
             Phase::Queued | Phase::BackingOff => return,
         };
         if reply.ballot() != round {
@@ -472,6 +507,23 @@ impl<C: Change> Proposer<C> {
                     Step::Wait
                 }
             }
+            (Phase::FastAccepting { acks, .. }, Reply::Accepted { .. }) => {
+                acks.insert(from);
+                if acks.len() == acceptors {
+                    Step::FastChosen
+                } else {
+                    Step::Wait
+                }
+            }
+            // One refusal is enough: the fast round needs every acceptor. A refusal of a
+            // duplicate of a fast accept that was done does not count.
+            (Phase::FastAccepting { .. }, Reply::Conflict { .. } | Reply::Failed { .. }) => {
+                if agreed {
+                    Step::Wait
+                } else {
+                    Step::FastLost
+                }
+            }
             (
                 Phase::Preparing { refused, .. } | Phase::Accepting { refused, .. },
                 Reply::Conflict { promised, .. },
@@ -493,6 +545,8 @@ impl<C: Change> Proposer<C> {
             Step::Wait => {}
             Step::Promised => self.after_promises(id),
             Step::Chosen => self.chosen(id),
+            Step::FastChosen => self.fast_chosen(id),
+            Step::FastLost => self.start_attempt(id),
             Step::Lost(failure) => self.fail_round(id, failure),
         }
     }
@@ -510,6 +564,11 @@ impl<C: Change> Proposer<C> {
         let agreed = match &op.phase {
             Phase::Preparing { promises, .. } => promises.len(),
             Phase::Accepting { acks, .. } => acks.len(),
+            Phase::FastAccepting { .. } => {
+                // Someone did not answer: sort it out with a full round at once.
+                self.start_attempt(timer.op);
+                return;
+            }
             Phase::BackingOff => {
                 self.start_attempt(timer.op);
                 return;
@@ -540,8 +599,23 @@ impl<C: Change> Proposer<C> {
             None
         };
         let op = self.ops.get_mut(&id).expect("op exists");
-        op.attempts += 1;
         op.round_trips += 1;
+        if std::mem::take(&mut op.fast) && granted.is_none() {
+            match plan(op, None) {
+                Err(reason) => return self.reject(id, reason),
+                // A change that writes nothing to a new key has nothing to accept fast.
+                Ok((before, after)) if before == after => {}
+                Ok((before, after)) => {
+                    self.counter += 1;
+                    let ballot = Ballot {
+                        counter: self.counter,
+                        proposer: self.id,
+                    };
+                    return self.send_fast_accept(id, ballot, before, after);
+                }
+            }
+        }
+        op.attempts += 1;
         if let Some(granted) = granted {
             // The one-round-trip path: a majority granted `granted.ballot` holding this value.
             self.counter = self.counter.max(granted.ballot.counter);
@@ -587,17 +661,27 @@ impl<C: Change> Proposer<C> {
             unreachable!("promises complete only while preparing");
         };
         let ballot = *ballot;
-        let highest = promises
+        let mut highest = promises
             .values()
             .flatten()
             .max_by_key(|a| a.ballot)
             .cloned();
-        let highest_ballot = highest.as_ref().map(|h| h.ballot);
-        let settled = promises
+        let mut settled = promises
             .values()
-            .filter(|a| a.as_ref().map(|h| h.ballot) == highest_ballot)
+            .filter(|a| a.as_ref().map(|h| h.ballot) == highest.as_ref().map(|h| h.ballot))
             .count()
             >= needed;
+        if highest.as_ref().is_some_and(|h| h.ballot == Ballot::ZERO) {
+            // Round zero (the fast round): several values may have been accepted there. One
+            // could have been chosen only if every grant reports it (see `super`); then it is
+            // the current value, and truly chosen once every acceptor reports it. Otherwise
+            // nothing was chosen and the key has no value.
+            let unanimous = promises.values().all(|a| a.as_ref() == highest.as_ref());
+            settled = unanimous && promises.len() == self.config.acceptors;
+            if !unanimous {
+                highest = None;
+            }
+        }
         let current = highest
             .as_ref()
             .map(|h| h.register.clone())
@@ -622,6 +706,55 @@ impl<C: Change> Proposer<C> {
                 self.send_accept(id, ballot, before, after);
             }
         }
+    }
+
+    fn send_fast_accept(&mut self, id: OpId, ballot: Ballot, before: Register, after: Register) {
+        debug_assert_eq!(
+            before,
+            Register::EMPTY,
+            "the fast round writes new keys only"
+        );
+        let op = self.ops.get_mut(&id).expect("op exists");
+        op.own.push(OwnProposal {
+            ballot: Ballot::ZERO,
+            before,
+            after: after.clone(),
+        });
+        op.phase = Phase::FastAccepting {
+            ballot,
+            after: after.clone(),
+            acks: BTreeSet::new(),
+        };
+        for to in 0..self.config.acceptors {
+            self.outputs.push_back(Output::Send {
+                to,
+                request: Request::FastAccept {
+                    key: op.key.clone(),
+                    ballot,
+                    register: after.clone(),
+                },
+            });
+        }
+        self.arm_timer(id, self.config.round_timeout_ms);
+    }
+
+    /// Every acceptor accepted at round zero and promised `ballot`: chosen, and the next change
+    /// may accept at `ballot` straight away.
+    fn fast_chosen(&mut self, id: OpId) {
+        let op = &self.ops[&id];
+        let Phase::FastAccepting { ballot, after, .. } = &op.phase else {
+            unreachable!("a fast round is chosen only while fast accepting");
+        };
+        let committed = Committed {
+            before: Register::EMPTY,
+            after: after.clone(),
+            round_trips: op.round_trips,
+        };
+        if self.config.piggyback {
+            let key = op.key.clone();
+            self.put_granted(key, *ballot, after.clone());
+        }
+        self.finish(id, Ok(committed));
     }
 
     fn send_accept(&mut self, id: OpId, ballot: Ballot, before: Register, after: Register) {
@@ -793,6 +926,8 @@ enum Step {
     Wait,
     Promised,
     Chosen,
+    FastChosen,
+    FastLost,
     Lost(RoundFailure),
 }
 
@@ -843,8 +978,12 @@ fn plan<C: Change>(
     op: &Op<C>,
     highest: Option<&AcceptedValue>,
 ) -> Result<(Register, Register), ChangeRejected> {
+    // Round zero holds many proposers' values: there, ours is the one with our register.
     if let Some(h) = highest
-        && let Some(own) = op.own.iter().find(|o| o.ballot == h.ballot)
+        && let Some(own) = op
+            .own
+            .iter()
+            .find(|o| o.ballot == h.ballot && (h.ballot != Ballot::ZERO || o.after == h.register))
     {
         // Our own earlier proposal: the change is already in it; finish that, don't reapply.
         debug_assert_eq!(own.after, h.register, "one register per ballot");
@@ -894,6 +1033,7 @@ mod tests {
             piggyback: true,
             max_pending_ops: 3,
             max_cached_keys: 2,
+            fast_round: true,
         }
     }
 
@@ -1218,5 +1358,92 @@ mod tests {
         assert!(bad(|c| c.max_pending_ops = 0).contains("max_pending_ops"));
         assert!(bad(|c| c.backoff_base_ms = 100).contains("backoff_max_ms"));
         assert!(ProposerConfig::default().validate().is_ok());
+    }
+
+    fn value(bytes: &[u8]) -> Register {
+        Register {
+            version: 1,
+            value: Some(Bytes::copy_from_slice(bytes)),
+        }
+    }
+
+    #[test]
+    fn a_fast_change_of_a_new_key_takes_one_round_trip_and_so_does_the_next() {
+        let mut p = proposer();
+        let mut a = acceptors();
+        p.submit_fast("k", Push(7)).unwrap();
+        let outs = exchange(&mut p, &mut a, &[0, 1, 2]);
+        let first = done(&outs).remove(0).unwrap();
+        assert_eq!(first.before, Register::EMPTY);
+        assert_eq!(first.after, value(&[7]));
+        assert_eq!(first.round_trips, 1);
+        // Every acceptor promised this proposer's ballot: the next change skips its prepare.
+        assert!(p.holds_next_ballot("k"));
+        p.submit("k", Push(8)).unwrap();
+        let outs = exchange(&mut p, &mut a, &[0, 1, 2]);
+        let second = done(&outs).remove(0).unwrap();
+        assert_eq!(second.after.value.as_deref(), Some(&[7u8, 8][..]));
+        assert_eq!(second.round_trips, 1);
+    }
+
+    #[test]
+    fn a_fast_change_of_a_used_key_falls_back_to_a_full_round_and_applies_once() {
+        let mut a = acceptors();
+        let mut other = Proposer::new(config(), ProposerId::new(2, 9), 1).unwrap();
+        other.submit("k", Push(1)).unwrap();
+        exchange(&mut other, &mut a, &[0, 1, 2]);
+        let mut p = proposer();
+        p.submit_fast("k", Push(2)).unwrap();
+        let outs = exchange(&mut p, &mut a, &[0, 1, 2]);
+        let c = done(&outs).remove(0).unwrap();
+        assert_eq!(c.before.value.as_deref(), Some(&[1u8][..]));
+        assert_eq!(c.after.value.as_deref(), Some(&[1u8, 2][..]));
+        // The refused fast round, then prepare and accept.
+        assert_eq!(c.round_trips, 3);
+    }
+
+    #[test]
+    fn a_fast_round_short_of_one_acceptor_is_sorted_out_by_a_full_round() {
+        let mut a = acceptors();
+        let mut p = proposer();
+        p.submit_fast("k", Push(5)).unwrap();
+        // Acceptor 2 never answers: the fast round cannot be chosen; it times out and the full
+        // round finds our round-zero value on both grants and finishes it without applying the
+        // change again.
+        let outs = exchange(&mut p, &mut a, &[0, 1]);
+        assert!(done(&outs).is_empty());
+        let (timer, _) = last_timer(&outs);
+        p.on_timer(timer);
+        let outs = exchange(&mut p, &mut a, &[0, 1]);
+        let c = done(&outs).remove(0).unwrap();
+        assert_eq!(c.before, Register::EMPTY);
+        assert_eq!(c.after, value(&[5]));
+    }
+
+    #[test]
+    fn split_round_zero_votes_mean_nothing_was_chosen() {
+        let mut a = acceptors();
+        // Two fast rounds split the acceptors: neither value can have been chosen.
+        for (i, byte) in [(0, 1u8), (1, 2)] {
+            let reply = a[i].handle(Request::FastAccept {
+                key: "k".into(),
+                ballot: Ballot {
+                    counter: 1,
+                    proposer: ProposerId(100 + u64::from(byte)),
+                },
+                register: value(&[byte]),
+            });
+            assert!(matches!(reply, Reply::Accepted { .. }));
+        }
+        let mut p = proposer();
+        p.submit("k", Push(3)).unwrap();
+        let outs = exchange(&mut p, &mut a, &[0, 1]);
+        let c = done(&outs).remove(0).unwrap();
+        assert_eq!(
+            c.before,
+            Register::EMPTY,
+            "split round zero: the key is empty"
+        );
+        assert_eq!(c.after, value(&[3]));
     }
 }

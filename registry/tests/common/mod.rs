@@ -131,6 +131,7 @@ impl Faults {
 pub struct AcceptLog {
     acceptors: usize,
     by_ballot: BTreeMap<(String, Ballot), (Register, BTreeSet<usize>)>,
+    fast: BTreeMap<(String, Register), BTreeSet<usize>>,
     chosen: BTreeMap<(String, u64), Register>,
     pub accepts: u64,
 }
@@ -138,16 +139,31 @@ pub struct AcceptLog {
 impl AcceptLog {
     fn record(&mut self, acceptor: usize, key: &str, ballot: Ballot, register: &Register) {
         self.accepts += 1;
-        let entry = self
-            .by_ballot
-            .entry((key.to_owned(), ballot))
-            .or_insert_with(|| (register.clone(), BTreeSet::new()));
-        assert_eq!(
-            &entry.0, register,
-            "key {key}: two registers accepted at ballot {ballot}"
-        );
-        entry.1.insert(acceptor);
-        if entry.1.len() >= majority(self.acceptors) {
+        let voters = if ballot == Ballot::ZERO {
+            // Round zero (the fast round) may carry several registers, and chooses one only
+            // when every acceptor accepted it.
+            let voters = self
+                .fast
+                .entry((key.to_owned(), register.clone()))
+                .or_default();
+            voters.insert(acceptor);
+            if voters.len() < self.acceptors {
+                return;
+            }
+            voters.len()
+        } else {
+            let entry = self
+                .by_ballot
+                .entry((key.to_owned(), ballot))
+                .or_insert_with(|| (register.clone(), BTreeSet::new()));
+            assert_eq!(
+                &entry.0, register,
+                "key {key}: two registers accepted at ballot {ballot}"
+            );
+            entry.1.insert(acceptor);
+            entry.1.len()
+        };
+        if voters >= majority(self.acceptors) {
             match self.chosen.get(&(key.to_owned(), register.version)) {
                 Some(earlier) => assert_eq!(
                     earlier, register,
@@ -198,6 +214,7 @@ enum Event {
 pub struct Stats {
     pub prepares_sent: u64,
     pub accepts_sent: u64,
+    pub fast_accepts_sent: u64,
     pub dropped: u64,
     pub duplicated: u64,
     pub acceptor_crashes: u64,
@@ -273,6 +290,7 @@ impl<C: Client> Sim<C> {
                     match &request {
                         Request::Prepare { .. } => self.stats.prepares_sent += 1,
                         Request::Accept { .. } => self.stats.accepts_sent += 1,
+                        Request::FastAccept { .. } => self.stats.fast_accepts_sent += 1,
                     }
                     self.send(Event::ToAcceptor {
                         client: i,
@@ -377,16 +395,22 @@ impl<C: Client> Sim<C> {
                     .acceptor
                     .storage_mut()
                     .fail_next_writes(0);
-                if let (
-                    Request::Accept {
-                        key,
-                        ballot,
-                        register,
-                        ..
-                    },
-                    Reply::Accepted { .. },
-                ) = (&request, &reply)
-                {
+                let accepted = match (&request, &reply) {
+                    (
+                        Request::Accept {
+                            key,
+                            ballot,
+                            register,
+                            ..
+                        },
+                        Reply::Accepted { .. },
+                    ) => Some((key, *ballot, register)),
+                    (Request::FastAccept { key, register, .. }, Reply::Accepted { .. }) => {
+                        Some((key, Ballot::ZERO, register))
+                    }
+                    _ => None,
+                };
+                if let Some((key, ballot, register)) = accepted {
                     if std::env::var("REGISTRY_SIM_TRACE_KEYS")
                         .is_ok_and(|k| k.split(',').any(|k| k == key))
                     {
@@ -401,7 +425,7 @@ impl<C: Client> Sim<C> {
                             self.now_ms, register.version
                         );
                     }
-                    self.log.record(to, key, *ballot, register);
+                    self.log.record(to, key, ballot, register);
                 }
                 self.send(Event::ToClient {
                     client,
