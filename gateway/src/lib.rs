@@ -12,6 +12,7 @@
 mod admission;
 mod body;
 mod forward;
+mod h1;
 pub mod homes;
 mod proxy;
 pub mod routes;

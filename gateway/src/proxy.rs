@@ -14,6 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{Body, problem};
+use crate::h1;
 
 /// Idle pooled connections are closed after this long (upstreams usually close at 60-75 s).
 const POOL_IDLE_TIMEOUT_MS: u64 = 55_000;
@@ -94,8 +95,10 @@ pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: O
     }
 }
 
-/// Pooled clients: HTTP/1.1, and HTTP/2 with prior knowledge (h2c).
+/// Pooled clients: HTTP/1.1 (the lean in-task client of `h1.rs`, and hyper's for streaming
+/// request bodies), and HTTP/2 with prior knowledge (h2c).
 pub(crate) struct Upstreams {
+    h1: h1::Pool,
     http1: Client<HttpConnector, Body>,
     h2c: Client<HttpConnector, Body>,
     timeout: Duration,
@@ -126,6 +129,11 @@ impl Upstreams {
             .timer(TokioTimer::new())
             .build(connector);
         Upstreams {
+            h1: h1::Pool::new(
+                max_idle_per_host,
+                Duration::from_millis(POOL_IDLE_TIMEOUT_MS),
+                connect_timeout_ms,
+            ),
             http1,
             h2c,
             timeout: Duration::from_millis(timeout_ms),
@@ -145,6 +153,37 @@ impl Upstreams {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        // A HeaderValue clone shares its bytes; only an absolute-form target (no Host) copies.
+        let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        // HTTP/1.1 needs Host; for h2 the client derives :authority from the URI.
+        headers.remove(header::HOST);
+        if protocol == Protocol::Http1
+            && let Ok(h) = HeaderValue::from_str(authority.as_str())
+        {
+            headers.insert(header::HOST, h);
+        }
+        let original_host = original_host.as_ref().and_then(|h| h.to_str().ok());
+        add_forwarded(headers, client, original_host);
+
+        if protocol == Protocol::Http1 {
+            use http_body::Body as _;
+            let body = req.body();
+            let small = body.is_end_stream()
+                || body
+                    .size_hint()
+                    .exact()
+                    .is_some_and(|n| n <= SMALL_BODY_BYTES);
+            if small {
+                return self.send_lean(req, &path, authority).await;
+            }
+        }
+
         let uri = match Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(authority.clone())
@@ -160,29 +199,11 @@ impl Upstreams {
                 );
             }
         };
-        // A HeaderValue clone shares its bytes; only an absolute-form target (no Host) copies.
-        let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
         *req.uri_mut() = uri;
         *req.version_mut() = match protocol {
             Protocol::Http1 => http::Version::HTTP_11,
             Protocol::H2c => http::Version::HTTP_2,
         };
-        let headers = req.headers_mut();
-        strip_hop_by_hop(headers);
-        // HTTP/1.1 needs Host; for h2 the client derives :authority from the URI.
-        headers.remove(header::HOST);
-        if protocol == Protocol::Http1
-            && let Ok(h) = HeaderValue::from_str(authority.as_str())
-        {
-            headers.insert(header::HOST, h);
-        }
-        let original_host = original_host.as_ref().and_then(|h| h.to_str().ok());
-        add_forwarded(headers, client, original_host);
-
         let client_for = match protocol {
             Protocol::Http1 => &self.http1,
             Protocol::H2c => &self.h2c,
@@ -194,50 +215,101 @@ impl Upstreams {
                 let body = small_body(&parts.headers, body).await;
                 Response::from_parts(parts, body)
             }
-            Ok(Err(e)) if e.is_connect() => {
-                metrics::counter!("homeport_gateway_upstream_errors_total", "kind" => "unreachable")
-                    .increment(1);
-                problem(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_unreachable",
-                    format!(
-                        "could not connect to the upstream at {authority}: {}",
-                        chain(&e)
-                    ),
-                )
-            }
-            Ok(Err(e)) => {
-                metrics::counter!("homeport_gateway_upstream_errors_total", "kind" => "failed")
-                    .increment(1);
-                problem(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_failed",
-                    format!(
-                        "the upstream at {authority} failed the request: {}",
-                        chain(&e)
-                    ),
-                )
-            }
-            Err(_) => {
-                metrics::counter!("homeport_gateway_upstream_errors_total", "kind" => "timeout")
-                    .increment(1);
-                problem(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    format!(
-                        "the upstream at {authority} sent no response within {} ms",
-                        self.timeout.as_millis()
-                    ),
-                )
-            }
+            Ok(Err(e)) => upstream_failed(authority, e.is_connect(), &chain(&e)),
+            Err(_) => self.upstream_timeout(authority),
         }
+    }
+
+    /// HTTP/1.1 with a body that is empty or small: read whole first, then sent with the head
+    /// in one write by the in-task client (`h1.rs`).
+    async fn send_lean(
+        &self,
+        req: Request<Body>,
+        path: &PathAndQuery,
+        authority: &Authority,
+    ) -> Response<Body> {
+        use http_body::Body as _;
+        let (mut parts, body) = req.into_parts();
+        let body = if body.is_end_stream() {
+            None
+        } else {
+            let limit = usize::try_from(SMALL_BODY_BYTES).unwrap_or(usize::MAX);
+            match crate::body::collect_limited(body, limit).await {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    return problem(
+                        StatusCode::BAD_REQUEST,
+                        "body_read_failed",
+                        format!("reading the request body failed: {e}"),
+                    );
+                }
+            }
+        };
+        // The body goes with the head; the upstream need not ask for it.
+        parts.headers.remove(header::EXPECT);
+        let mut head =
+            Vec::with_capacity(HEAD_CAPACITY_BYTES + body.as_ref().map_or(0, |b| b.len()));
+        h1::encode_head(
+            &parts.method,
+            path.as_str(),
+            &parts.headers,
+            body.as_ref(),
+            &mut head,
+        );
+        match tokio::time::timeout(self.timeout, self.h1.send(authority, &parts.method, &head))
+            .await
+        {
+            Ok(Ok(mut resp)) => {
+                strip_hop_by_hop(resp.headers_mut());
+                resp
+            }
+            Ok(Err(e)) => upstream_failed(authority, e.is_connect(), &e.to_string()),
+            Err(_) => self.upstream_timeout(authority),
+        }
+    }
+
+    fn upstream_timeout(&self, authority: &Authority) -> Response<Body> {
+        metrics::counter!("homeport_gateway_upstream_errors_total", "kind" => "timeout")
+            .increment(1);
+        problem(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            format!(
+                "the upstream at {authority} sent no response within {} ms",
+                self.timeout.as_millis()
+            ),
+        )
+    }
+}
+
+/// Room for a typical request head, so encoding it rarely reallocates.
+const HEAD_CAPACITY_BYTES: usize = 1024;
+
+/// 502: `connect` tells a refused or timed-out connection from a failed exchange.
+fn upstream_failed(authority: &Authority, connect: bool, detail: &str) -> Response<Body> {
+    if connect {
+        metrics::counter!("homeport_gateway_upstream_errors_total", "kind" => "unreachable")
+            .increment(1);
+        problem(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unreachable",
+            format!("could not connect to the upstream at {authority}: {detail}"),
+        )
+    } else {
+        metrics::counter!("homeport_gateway_upstream_errors_total", "kind" => "failed")
+            .increment(1);
+        problem(
+            StatusCode::BAD_GATEWAY,
+            "upstream_failed",
+            format!("the upstream at {authority} failed the request: {detail}"),
+        )
     }
 }
 
 /// A response body announced (Content-Length) at most this large is read whole before the answer
 /// starts, so the client gets head and body in one write (measured: 2.4 writes per proxied
 /// request without it). Anything larger, or of unknown length, streams.
-const SMALL_BODY_BYTES: u64 = 16 * 1024;
+pub(crate) const SMALL_BODY_BYTES: u64 = 16 * 1024;
 
 async fn small_body(headers: &HeaderMap, body: hyper::body::Incoming) -> Body {
     use http_body::Body as _;

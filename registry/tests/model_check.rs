@@ -483,7 +483,7 @@ fn no_two_owners<S: ModelStorage>(model: &RegModel<S>, state: &RegState<S>) -> b
 }
 
 fn all_operations_ended<S: ModelStorage>(model: &RegModel<S>, state: &RegState<S>) -> bool {
-    model.cfg.expect_progress && every_operation_ended(model, state) || !model.cfg.expect_progress
+    !model.cfg.expect_progress || every_operation_ended(model, state)
 }
 
 fn every_operation_ended<S: ModelStorage>(model: &RegModel<S>, state: &RegState<S>) -> bool {

@@ -86,10 +86,25 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
+/// How long nginx's master may take to stop its workers after SIGTERM before it is killed.
+const NGINX_STOP_MS: u64 = 5_000;
+
+/// Stops nginx on drop: SIGTERM, so the master stops its workers too (a SIGKILL of the master
+/// alone left the workers running), then SIGKILL if it has not exited in time.
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(NGINX_STOP_MS);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
