@@ -492,7 +492,21 @@ impl Registry {
                         steps: self.max_steps,
                     })
                 } else {
-                    match self.proposer.submit(p.key.clone(), p.change.clone()) {
+                    // A claim's first steps usually meet new keys (a new user, an ID nobody
+                    // had): try them in the fast round, one round trip without a prepare.
+                    let expect_new = matches!(
+                        p.change,
+                        RegistryChange::Begin {
+                            goal: Goal::Claim(_),
+                            ..
+                        } | RegistryChange::Reserve { .. }
+                    );
+                    let submitted = if expect_new {
+                        self.proposer.submit_fast(p.key.clone(), p.change.clone())
+                    } else {
+                        self.proposer.submit(p.key.clone(), p.change.clone())
+                    };
+                    match submitted {
                         Ok(op) => {
                             self.by_op.insert(op, (request, p));
                             return;
@@ -882,6 +896,10 @@ impl IdChange {
             (Stage::ReleaseStale(roll), Outcome::ReleasedIf { .. }) => self.reserve(roll),
             (Stage::Abort(roll, owner), Outcome::Aborted) => {
                 self.rolled(roll, RollResult::Aborted { owner: Some(owner) })
+            }
+            // A commit with nothing to release finished the transition too.
+            (Stage::Commit(roll), Outcome::Committed { .. }) if roll.t.from.is_none() => {
+                self.rolled(roll, RollResult::Committed)
             }
             (Stage::Abort(roll, _) | Stage::Commit(roll), Outcome::Committed { .. }) => {
                 self.release_old(roll)

@@ -267,7 +267,8 @@ pub enum RegistryChange {
     /// `user/<uid>`: record a new transition towards `goal` for the operation `tag`, unless one
     /// is pending (idempotent: finds the transition `tag` began, if any).
     Begin { goal: Goal, tag: OpTag },
-    /// `user/<uid>`: the user now holds the pending transition's target.
+    /// `user/<uid>`: the user now holds the pending transition's target; a transition with no
+    /// old ID to release is finished by it too.
     Commit { transition: u64 },
     /// `user/<uid>`: drop the pending transition, unless it committed.
     Abort { transition: u64 },
@@ -400,8 +401,19 @@ impl RegistryChange {
                 let user = decode_user(current)?;
                 match user.pending.clone() {
                     Some(t) if t.id == *transition => {
-                        if user.committed(&t) {
+                        // With no old ID to release there is nothing between commit and
+                        // finish (see `crate::registry`), so the commit finishes too.
+                        let finishes = t.from.is_none();
+                        if user.committed(&t) && !finishes {
                             (keep(), Outcome::Committed { user })
+                        } else if finishes {
+                            let next = UserIds {
+                                held: t.target(),
+                                pending: None,
+                                last_finished: Some((t, true)),
+                                ..user.clone()
+                            };
+                            (Some(encode_user(&next)), Outcome::Committed { user })
                         } else {
                             let next = UserIds {
                                 held: t.target(),
@@ -579,18 +591,22 @@ mod tests {
                 .decide(v.as_ref())
                 .is_err()
         );
+        // With no old ID to release, the commit finishes the transition too.
         let (v, o) = apply(&RegistryChange::Commit { transition: 1 }, v);
         assert!(matches!(o, Outcome::Committed { .. }));
-        // Commit is idempotent, abort after commit reports the commit.
-        let (v_again, o) = apply(&RegistryChange::Commit { transition: 1 }, v.clone());
-        assert!(matches!(o, Outcome::Committed { .. }));
-        assert_eq!(v_again, v);
-        assert!(matches!(
-            apply(&RegistryChange::Abort { transition: 1 }, v.clone()).1,
-            Outcome::Committed { .. }
-        ));
-        let (v, o) = apply(&RegistryChange::Finish { transition: 1 }, v);
-        assert_eq!(o, Outcome::Finished);
+        // A retried commit, a late abort or finish find it finished (committed).
+        for late in [
+            RegistryChange::Commit { transition: 1 },
+            RegistryChange::Abort { transition: 1 },
+            RegistryChange::Finish { transition: 1 },
+        ] {
+            let (v_again, o) = apply(&late, v.clone());
+            let Outcome::Gone { user } = o else {
+                panic!("{late:?}: {o:?}")
+            };
+            assert_eq!(user.last_finished, Some((t.clone(), true)));
+            assert_eq!(v_again, v);
+        }
         let user = decode_user(v.as_ref()).unwrap();
         assert_eq!(
             user.held,
@@ -626,13 +642,23 @@ mod tests {
         };
         let (_, o) = apply(&release("other1"), v.clone());
         assert!(matches!(o, Outcome::NotHeld { .. }));
-        let (_, o) = apply(&release("szdy01"), v);
+        let (v, o) = apply(&release("szdy01"), v);
         let Outcome::Began(t2) = o else {
             panic!("{o:?}")
         };
         assert_eq!(t2.id, 2);
         assert_eq!(t2.to, None);
-        assert_eq!(t2.from.unwrap().wxid, "szdy01");
+        assert_eq!(t2.from.as_ref().unwrap().wxid, "szdy01");
+        // With an old ID to release, commit leaves the transition pending until finish (the
+        // old ID is released in between).
+        let (v, o) = apply(&RegistryChange::Commit { transition: 2 }, v);
+        assert!(matches!(o, Outcome::Committed { .. }));
+        let user = decode_user(v.as_ref()).unwrap();
+        assert_eq!(user.held, None);
+        assert_eq!(user.pending, Some(t2.clone()));
+        let (v, o) = apply(&RegistryChange::Finish { transition: 2 }, v);
+        assert_eq!(o, Outcome::Finished);
+        assert_eq!(decode_user(v.as_ref()).unwrap().pending, None);
     }
 
     #[test]

@@ -6,9 +6,9 @@ mod common;
 
 use common::{Client, ClientOut};
 use homeport_registry::names::WxidError;
-use homeport_registry::paxos::ProposerId;
 use homeport_registry::paxos::acceptor::Acceptor;
 use homeport_registry::paxos::proposer::{Proposer, ProposerConfig};
+use homeport_registry::paxos::{ProposerId, Request};
 use homeport_registry::registry::{
     Answer, Operation, Registry, RegistryConfig, RegistryError, RegistryOutput, WxidStatus,
     sweep_candidate,
@@ -484,4 +484,91 @@ fn a_damaged_value_is_reported_not_overwritten() {
         "{err}"
     );
     assert!(err.to_string().contains("does not decode"), "{err}");
+}
+
+/// Runs `op` on `registry`, delivering everything at once; returns the answer and how many
+/// requests of each kind (prepare, accept, fast accept) it sent to each acceptor.
+fn run_counting(
+    acceptors: &mut [Acceptor<MemStorage>],
+    registry: &mut Registry,
+    op: Operation,
+) -> (Result<Answer, RegistryError>, [u32; 3]) {
+    let mut sent = [0u32; 3];
+    let mut inbox = std::collections::VecDeque::new();
+    let id = registry.submit(op).unwrap();
+    loop {
+        while let Some(out) = registry.poll_output() {
+            match out {
+                RegistryOutput::Send { to, request } => {
+                    if to == 0 {
+                        sent[match request {
+                            Request::Prepare { .. } => 0,
+                            Request::Accept { .. } => 1,
+                            Request::FastAccept { .. } => 2,
+                        }] += 1;
+                    }
+                    let reply = acceptors[to].handle(request);
+                    inbox.push_back((to, reply));
+                }
+                RegistryOutput::Done { request, result } => {
+                    assert_eq!(request, id);
+                    return (result, sent);
+                }
+                RegistryOutput::SetTimer { .. } | RegistryOutput::CancelTimer { .. } => {}
+            }
+        }
+        let (from, reply) = inbox.pop_front().expect("the operation ends");
+        registry.on_reply(from, reply);
+    }
+}
+
+#[test]
+fn a_new_users_first_claim_takes_three_round_trips_and_no_prepare() {
+    let mut acceptors: Vec<_> = (0..3).map(|_| Acceptor::new(MemStorage::new())).collect();
+    let mut registry = Registry::new(RegistryConfig::default(), ProposerId::new(0, 1), 1).unwrap();
+    // Begin on the new user record and reserve of the new ID in the fast round, then the commit
+    // (which also finishes: there is no old ID to release) on the ballot the fast begin got.
+    let (answer, [prepares, accepts, fast]) = run_counting(
+        &mut acceptors,
+        &mut registry,
+        Operation::claim("szdy01", "sh-1").unwrap(),
+    );
+    assert_eq!(answer, Ok(Answer::Claimed { released: None }));
+    assert_eq!((prepares, accepts, fast), (0, 1, 2));
+
+    // Changing the ID: this node made the last change of the user record and of the old ID, so
+    // begin, commit, release of the old ID and finish take one round trip each; the new ID is
+    // new (fast round).
+    let (answer, [prepares, accepts, fast]) = run_counting(
+        &mut acceptors,
+        &mut registry,
+        Operation::claim("newid22", "sh-1").unwrap(),
+    );
+    assert_eq!(
+        answer,
+        Ok(Answer::Claimed {
+            released: Some("szdy01".into())
+        })
+    );
+    assert_eq!((prepares, accepts, fast), (0, 4, 1));
+
+    // Another node claiming a taken ID: its fast begin on the new user works, its fast reserve
+    // is refused (the ID is used) and the full round finds the owner.
+    let mut other = Registry::new(RegistryConfig::default(), ProposerId::new(1, 2), 2).unwrap();
+    let (answer, _) = run_counting(
+        &mut acceptors,
+        &mut other,
+        Operation::claim("newid22", "hk-7").unwrap(),
+    );
+    assert!(
+        matches!(&answer, Err(RegistryError::Taken { owner, .. }) if owner == "sh-1"),
+        "{answer:?}"
+    );
+    let c_status = run_counting(
+        &mut acceptors,
+        &mut other,
+        Operation::lookup("szdy01").unwrap(),
+    )
+    .0;
+    assert_eq!(c_status, Ok(Answer::Status(WxidStatus::Free)));
 }

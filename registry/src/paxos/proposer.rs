@@ -362,6 +362,10 @@ pub struct Proposer<C> {
     granted: BTreeMap<String, Granted>,
     granted_by_stamp: BTreeMap<u64, String>,
     next_stamp: u64,
+    /// Keys known to hold a value (bounded by `max_cached_keys`, oldest forgotten first):
+    /// [`Proposer::submit_fast`] does not try the fast round on them.
+    used: BTreeSet<String>,
+    used_order: VecDeque<String>,
     outputs: VecDeque<Output>,
 }
 
@@ -385,6 +389,8 @@ impl<C: Change> Proposer<C> {
             granted: BTreeMap::new(),
             granted_by_stamp: BTreeMap::new(),
             next_stamp: 0,
+            used: BTreeSet::new(),
+            used_order: VecDeque::new(),
             outputs: VecDeque::new(),
         })
     }
@@ -417,8 +423,24 @@ impl<C: Change> Proposer<C> {
     /// for the key or `fast_round` is off. On a key that is not new it costs one extra round
     /// trip, answered at once by every acceptor that has seen the key.
     pub fn submit_fast(&mut self, key: impl Into<String>, change: C) -> Result<OpId, SubmitError> {
-        let fast = self.config.fast_round;
-        self.submit_with(key.into(), change, fast)
+        let key = key.into();
+        let fast = self.config.fast_round && !self.used.contains(&key);
+        self.submit_with(key, change, fast)
+    }
+
+    /// Remembers that `key` holds a value, so the fast round is not tried on it again.
+    fn mark_used(&mut self, key: &str) {
+        if self.config.max_cached_keys == 0 || self.used.contains(key) {
+            return;
+        }
+        while self.used.len() >= self.config.max_cached_keys {
+            let Some(oldest) = self.used_order.pop_front() else {
+                break;
+            };
+            self.used.remove(&oldest);
+        }
+        self.used.insert(key.to_owned());
+        self.used_order.push_back(key.to_owned());
     }
 
     fn submit_with(&mut self, key: String, change: C, fast: bool) -> Result<OpId, SubmitError> {
@@ -546,7 +568,11 @@ impl<C: Change> Proposer<C> {
             Step::Promised => self.after_promises(id),
             Step::Chosen => self.chosen(id),
             Step::FastChosen => self.fast_chosen(id),
-            Step::FastLost => self.start_attempt(id),
+            Step::FastLost => {
+                let key = self.ops[&id].key.clone();
+                self.mark_used(&key);
+                self.start_attempt(id)
+            }
             Step::Lost(failure) => self.fail_round(id, failure),
         }
     }
@@ -853,6 +879,12 @@ impl<C: Change> Proposer<C> {
     }
 
     fn finish(&mut self, id: OpId, result: Result<Committed, ProposeError>) {
+        if let Ok(c) = &result
+            && c.after.value.is_some()
+        {
+            let key = self.ops[&id].key.clone();
+            self.mark_used(&key);
+        }
         let op = self.ops.remove(&id).expect("op exists");
         if let Some(timer) = op.timer {
             self.outputs.push_back(Output::CancelTimer { timer });
