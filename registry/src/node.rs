@@ -674,6 +674,9 @@ impl ProposerTask {
                 }
             }
         }
+        // Commits that ran behind an early answer and failed (the sweeper finishes them).
+        metrics::counter!("registry_background_failures_total")
+            .absolute(self.core.background_failures());
         for (to, requests) in sends {
             for chunk in requests.chunks(MAX_BATCH_REQUESTS) {
                 self.dispatch(to, chunk.to_vec());

@@ -29,6 +29,17 @@
 //! 4. **Release** `wxid/x` (the old ID) conditional on exactly `(u, t_x)`: after 3, so I1 holds.
 //! 5. **Finish** on `user/u`: clear `pending`, remember `(t, committed)`.
 //!
+//! **A first ID is answered at step 2.** When the user holds no ID yet (`from` is none), the
+//! claim answers as soon as its reservation is chosen: from then on the transition is backed
+//! (I2), nothing aborts a backed transition (abort happens only when the reserve step finds the
+//! ID taken), and lookups already report the ID as this user's (`Claiming`). So step 2 is the
+//! claim's linearization point; the commit (step 3, which also finishes: there is no old ID to
+//! release in step 4) runs behind the answer, and if it fails, whoever touches the user next
+//! finishes it (a [`Operation::UserWxid`] rolls a pending transition forward before answering,
+//! so it never trails an answered claim). With the fast round (`Proposer::submit_fast`) on the
+//! new user record and the new ID, such a claim is answered after two round trips and no
+//! prepare. An ID *change* still answers after step 5, so the old ID is free when it answers.
+//!
 //! A crash anywhere leaves `pending` in the user record: the next operation on the user (Begin
 //! finds it), a claim by someone else that runs into the reservation (step 2 rolls nothing of
 //! another user forward, but its staleness check frees only dead reservations), or a sweeper
@@ -332,6 +343,9 @@ struct Proposal {
 enum Step {
     Propose(Proposal),
     Done(Result<Answer, RegistryError>),
+    /// Answer the caller now, and make this proposal to finish the operation's work in the
+    /// background (its outcome is nobody's answer).
+    AnswerThen(Result<Answer, RegistryError>, Proposal),
 }
 
 /// The sans-IO registry client: submit operations, feed acceptor replies and timers, drain
@@ -344,11 +358,15 @@ pub struct Registry {
     running: BTreeMap<RequestId, Running>,
     by_op: BTreeMap<OpId, (RequestId, Proposal)>,
     outputs: VecDeque<RegistryOutput>,
+    /// Background work (after an early answer) that ended in an error.
+    background_failures: u64,
 }
 
 #[derive(Debug, Clone)]
 struct Running {
     machine: Machine,
+    /// The caller has its answer; what runs now is background work.
+    answered: bool,
     steps: u32,
     /// What the operation is about, for errors.
     subject: String,
@@ -372,6 +390,7 @@ impl Registry {
             running: BTreeMap::new(),
             by_op: BTreeMap::new(),
             outputs: VecDeque::new(),
+            background_failures: 0,
         })
     }
 
@@ -379,9 +398,15 @@ impl Registry {
         &self.proposer
     }
 
-    /// Operations submitted and not yet done.
+    /// Operations submitted and not yet done, background work of answered ones included.
     pub fn pending_operations(&self) -> usize {
         self.running.len()
+    }
+
+    /// Background work after an early answer that failed (its transition is finished later by
+    /// the user's next operation or the sweeper); for metrics.
+    pub fn background_failures(&self) -> u64 {
+        self.background_failures
     }
 
     /// Starts `op`; its answer comes as [`RegistryOutput::Done`]. Invalid names are refused
@@ -400,6 +425,7 @@ impl Registry {
             id,
             Running {
                 machine,
+                answered: false,
                 steps: 0,
                 subject,
             },
@@ -481,7 +507,21 @@ impl Registry {
     }
 
     fn advance(&mut self, request: RequestId, step: Step) {
+        let step = match step {
+            Step::AnswerThen(answer, p) => {
+                let run = self.running.get_mut(&request).expect("running");
+                debug_assert!(!run.answered, "one answer per operation");
+                run.answered = true;
+                self.outputs.push_back(RegistryOutput::Done {
+                    request,
+                    result: answer,
+                });
+                Step::Propose(p)
+            }
+            other => other,
+        };
         let result = match step {
+            Step::AnswerThen(..) => unreachable!("handled above"),
             Step::Done(result) => result,
             Step::Propose(p) => {
                 let run = self.running.get_mut(&request).expect("running");
@@ -516,7 +556,13 @@ impl Registry {
                 }
             }
         };
-        self.running.remove(&request);
+        let run = self.running.remove(&request).expect("running");
+        if run.answered {
+            // Background work ended; if it failed, the transition it was finishing stays
+            // pending for the next operation on the user or the sweeper.
+            self.background_failures += u64::from(result.is_err());
+            return;
+        }
         self.outputs
             .push_back(RegistryOutput::Done { request, result });
     }
@@ -526,9 +572,22 @@ impl Registry {
 enum Machine {
     Lookup(Lookup),
     Id(IdChange),
-    UserWxid,
+    /// Read the user record; a pending transition is rolled forward first (`rolled`), so the
+    /// answer never trails a claim that was already answered.
+    UserWxid {
+        uid: String,
+        tag: OpTag,
+        rolled: bool,
+    },
+    /// The roll-forward of a [`Machine::UserWxid`].
+    UserWxidRoll {
+        roll: IdChange,
+        uid: String,
+    },
     GetHome,
-    SetHome { uid: String },
+    SetHome {
+        uid: String,
+    },
 }
 
 impl Machine {
@@ -555,7 +614,13 @@ impl Machine {
             }
             Operation::UserWxid { uid } => {
                 let subject = format!("user {uid:?}");
-                (Machine::UserWxid, read(user_key(&uid)), subject)
+                let p = read(user_key(&uid));
+                let m = Machine::UserWxid {
+                    uid,
+                    tag,
+                    rolled: false,
+                };
+                (m, p, subject)
             }
             Operation::GetHome { uid } => {
                 let subject = format!("the home of {uid:?}");
@@ -587,14 +652,34 @@ impl Machine {
                 Err(e) => Step::Done(Err(e)),
             },
             Machine::Id(m) => m.on_outcome(key, outcome),
-            Machine::UserWxid => {
-                Step::Done(
-                    read_value(key, outcome, decode_user).map(|user| Answer::UserWxid {
-                        held: user.held.map(|h| h.wxid),
-                        changing: user.pending.is_some(),
-                    }),
-                )
+            Machine::UserWxid { uid, tag, rolled } => {
+                let user = match read_value(key, outcome, decode_user) {
+                    Ok(user) => user,
+                    Err(e) => return Step::Done(Err(e)),
+                };
+                if user.pending.is_some() && !*rolled {
+                    let uid = uid.clone();
+                    let (roll, p) = IdChange::start(uid.clone(), IdGoal::RollForward, *tag);
+                    *self = Machine::UserWxidRoll { roll, uid };
+                    return Step::Propose(p);
+                }
+                Step::Done(Ok(Answer::UserWxid {
+                    held: user.held.map(|h| h.wxid),
+                    changing: user.pending.is_some(),
+                }))
             }
+            Machine::UserWxidRoll { roll, uid } => match roll.on_outcome(key, outcome) {
+                Step::Done(Ok(_)) => {
+                    let p = read(user_key(uid));
+                    *self = Machine::UserWxid {
+                        uid: uid.clone(),
+                        tag: roll.tag,
+                        rolled: true,
+                    };
+                    Step::Propose(p)
+                }
+                other => other,
+            },
             Machine::GetHome => Step::Done(read_value(key, outcome, decode_home).map(Answer::Home)),
             Machine::SetHome { uid } => Step::Done(match outcome {
                 Outcome::HomeSet(entry) => Ok(Answer::HomeSet(entry)),
@@ -726,6 +811,8 @@ enum Stage {
     Compensate(Roll, RollResult),
     /// A release of an ID the user does not hold: who does?
     LookupOwner(Lookup),
+    /// The caller has its answer; the commit of its first ID runs.
+    BackgroundCommit,
 }
 
 /// Claim, release and roll-forward of a user's WeChat ID (the protocol in the module docs).
@@ -864,8 +951,17 @@ impl IdChange {
                 let p = self.on_user(RegistryChange::Commit {
                     transition: roll.t.id,
                 });
+                let first_id = roll.t.from.is_none() && matches!(self.goal, IdGoal::Claim(_));
+                if roll.mine && first_id {
+                    // Reserved and backed by our pending transition: nothing can abort it any
+                    // more, and everyone already sees the ID as this user's (see the module
+                    // docs). Answer now; the commit (which also finishes) runs behind.
+                    self.stage = Stage::BackgroundCommit;
+                    return Step::AnswerThen(Ok(Answer::Claimed { released: None }), p);
+                }
                 self.go(Stage::Commit(roll), p)
             }
+            (Stage::BackgroundCommit, _) => Step::Done(Ok(Answer::Claimed { released: None })),
             (Stage::Reserve(roll), Outcome::Taken(holder)) => {
                 let p = read(user_key(&holder.owner));
                 self.go(Stage::CheckHolder(roll, holder), p)

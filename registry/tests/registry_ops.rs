@@ -15,7 +15,7 @@ use homeport_registry::registry::{
 };
 use homeport_registry::storage::MemStorage;
 use homeport_registry::values::{
-    Goal, HomeEntry, OpTag, Outcome, RegistryChange, Transition, user_key, wxid_key,
+    Goal, HomeEntry, OpTag, Outcome, RegistryChange, Transition, decode_user, user_key, wxid_key,
 };
 
 struct Cluster {
@@ -305,6 +305,29 @@ fn a_claim_that_died_after_reserving_is_claiming_then_rolled_forward() {
 }
 
 #[test]
+fn asking_which_id_a_user_holds_finishes_a_claim_left_half_done() {
+    // A claim answered at its reservation whose commit never ran (its node died): the user's
+    // ID is already the claimed one, and the question must not say otherwise.
+    let mut c = Cluster::new();
+    let t = c.begin("u1", Goal::Claim("szdy01".into()));
+    c.change(
+        &wxid_key("szdy01"),
+        RegistryChange::Reserve {
+            uid: "u1".into(),
+            transition: t.id,
+        },
+    );
+    assert_eq!(
+        c.run(Operation::user_wxid("u1")),
+        Ok(Answer::UserWxid {
+            held: Some("szdy01".into()),
+            changing: false
+        })
+    );
+    assert_eq!(c.lookup("szdy01"), held_by("u1"));
+}
+
+#[test]
 fn the_users_next_operation_finishes_a_dead_change_first() {
     let mut c = Cluster::new();
     c.run(Operation::claim("oldid1", "u1")).unwrap();
@@ -387,13 +410,12 @@ fn a_release_that_died_half_way_is_finished_by_the_sweeper() {
     c.change(&user_key("u1"), RegistryChange::Commit { transition: t.id });
     // Died before releasing the ID itself: nobody holds it.
     assert_eq!(c.lookup("szdy01"), WxidStatus::Free);
-    let Ok(Answer::UserWxid {
-        held: None,
-        changing: true,
-    }) = c.run(Operation::user_wxid("u1"))
-    else {
-        panic!("u1 should hold nothing, mid-change");
+    let Outcome::Read(record) = c.change(&user_key("u1"), RegistryChange::Read) else {
+        panic!("a read answers the record")
     };
+    let record = decode_user(record.as_ref()).unwrap();
+    assert_eq!(record.held, None, "u1 should hold nothing, mid-change");
+    assert!(record.pending.is_some());
     assert_eq!(
         c.run(Operation::roll_forward("u1")),
         Ok(Answer::RolledForward {
@@ -487,7 +509,8 @@ fn a_damaged_value_is_reported_not_overwritten() {
 }
 
 /// Runs `op` on `registry`, delivering everything at once; returns the answer and how many
-/// requests of each kind (prepare, accept, fast accept) it sent to each acceptor.
+/// requests of each kind (prepare, accept, fast accept) it had sent to acceptor 0 when it
+/// answered.
 fn run_counting(
     acceptors: &mut [Acceptor<MemStorage>],
     registry: &mut Registry,
@@ -495,6 +518,7 @@ fn run_counting(
 ) -> (Result<Answer, RegistryError>, [u32; 3]) {
     let mut sent = [0u32; 3];
     let mut inbox = std::collections::VecDeque::new();
+    let mut answer = None;
     let id = registry.submit(op).unwrap();
     loop {
         while let Some(out) = registry.poll_output() {
@@ -512,29 +536,36 @@ fn run_counting(
                 }
                 RegistryOutput::Done { request, result } => {
                     assert_eq!(request, id);
-                    return (result, sent);
+                    assert!(answer.is_none(), "one answer per operation");
+                    answer = Some((result, sent));
                 }
                 RegistryOutput::SetTimer { .. } | RegistryOutput::CancelTimer { .. } => {}
             }
         }
-        let (from, reply) = inbox.pop_front().expect("the operation ends");
-        registry.on_reply(from, reply);
+        match inbox.pop_front() {
+            Some((from, reply)) => registry.on_reply(from, reply),
+            None => break,
+        }
     }
+    // Background work after an early answer has ended too.
+    assert_eq!(registry.pending_operations(), 0);
+    answer.expect("the operation was answered")
 }
 
 #[test]
-fn a_new_users_first_claim_takes_three_round_trips_and_no_prepare() {
+fn a_new_users_first_claim_is_answered_after_two_fast_rounds() {
     let mut acceptors: Vec<_> = (0..3).map(|_| Acceptor::new(MemStorage::new())).collect();
     let mut registry = Registry::new(RegistryConfig::default(), ProposerId::new(0, 1), 1).unwrap();
-    // Begin on the new user record and reserve of the new ID in the fast round, then the commit
-    // (which also finishes: there is no old ID to release) on the ballot the fast begin got.
+    // Begin on the new user record and reserve of the new ID in the fast round; the answer
+    // comes with the reservation, and the commit (which also finishes: there is no old ID to
+    // release) on the ballot the fast begin got is already on its way.
     let (answer, [prepares, accepts, fast]) = run_counting(
         &mut acceptors,
         &mut registry,
         Operation::claim("szdy01", "sh-1").unwrap(),
     );
     assert_eq!(answer, Ok(Answer::Claimed { released: None }));
-    assert_eq!((prepares, accepts, fast), (0, 1, 2));
+    assert_eq!((prepares, accepts, fast), (0, 0, 2));
 
     // Changing the ID: this node made the last change of the user record and of the old ID, so
     // begin, commit, release of the old ID and finish take one round trip each; the new ID is
