@@ -11,8 +11,11 @@
 //!   Since `wxid/x` is one register with one value, no two users hold `x`, ever.
 //! - **I2** (reserved ⇒ backed, or stale for good): a reservation `(u, t)` of `x` is *backed* if
 //!   `user/u` holds `(x, t)` or has transition `t` to `x` pending ([`UserIds::backs`]). A
-//!   reservation that is not backed can never become backed again (transition ids only grow, and
-//!   a transition commits only while pending), so anyone may free it.
+//!   reservation that is not backed while the record is past `t` (`last_transition >= t`) can
+//!   never become backed again (transition ids only grow, and a transition commits only while
+//!   pending), so anyone may free it. Whoever checks a reservation reads the owner's record with
+//!   a *fence* ([`RegistryChange::Fence`]), which first moves `last_transition` up to `t`: a
+//!   reservation made ahead of its begin (below) is then either backed or stale for good.
 //!
 //! Claiming `y` (or releasing, `to = None`) is a *transition* of the user record, each step one
 //! proposal and each step idempotent, so that any proposer can roll a half-done transition
@@ -29,6 +32,15 @@
 //! 4. **Release** `wxid/x` (the old ID) conditional on exactly `(u, t_x)`: after 3, so I1 holds.
 //! 5. **Finish** on `user/u`: clear `pending`, remember `(t, committed)`.
 //!
+//! **A new user's claim speculates.** A node that knows nothing of the user (no value of
+//! `user/u` in its memory) bets that this is the user's first transition, whose id is always
+//! [`FIRST_TRANSITION`]: it sends the begin and a reserve of `y` for `(u, 1)` (only if `y` is
+//! free, [`RegistryChange::ReserveIfFree`]) at the same time. If the begin got transition 1,
+//! the reservation is its step 2, made early; if it got another id, the reservation is unbacked
+//! and stale for good (the record is past 1), and is freed before the ordinary step 2. Before
+//! the begin lands, a checker that finds `(u, 1)` fences the record at 1, so the begin gets
+//! transition 2 and the early reservation stays stale.
+//!
 //! **A first ID is answered at step 2.** When the user holds no ID yet (`from` is none), the
 //! claim answers as soon as its reservation is chosen: from then on the transition is backed
 //! (I2), nothing aborts a backed transition (abort happens only when the reserve step finds the
@@ -37,8 +49,8 @@
 //! release in step 4) runs behind the answer, and if it fails, whoever touches the user next
 //! finishes it (a [`Operation::UserWxid`] rolls a pending transition forward before answering,
 //! so it never trails an answered claim). With the fast round (`Proposer::submit_fast`) on the
-//! new user record and the new ID, such a claim is answered after two round trips and no
-//! prepare. An ID *change* still answers after step 5, so the old ID is free when it answers.
+//! new user record and the new ID and the speculation above, such a claim is answered after
+//! one round trip (both fast rounds in the same batch to each acceptor) and no prepare. An ID *change* still answers after step 5, so the old ID is free when it answers.
 //!
 //! A crash anywhere leaves `pending` in the user record: the next operation on the user (Begin
 //! finds it), a claim by someone else that runs into the reservation (step 2 rolls nothing of
@@ -346,6 +358,10 @@ enum Step {
     /// Answer the caller now, and make this proposal to finish the operation's work in the
     /// background (its outcome is nobody's answer).
     AnswerThen(Result<Answer, RegistryError>, Proposal),
+    /// Make both proposals at once (on different keys); their outcomes come one by one.
+    ProposeBoth(Proposal, Proposal),
+    /// Nothing to do until the other proposal in flight ends.
+    Wait,
 }
 
 /// The sans-IO registry client: submit operations, feed acceptor replies and timers, drain
@@ -420,7 +436,15 @@ impl Registry {
             request: id.0,
             begin: 0,
         };
-        let (machine, first, subject) = Machine::start(op, tag);
+        // A claim for a user this node has not seen write anything may be the user's first:
+        // then its begin and a speculative reserve go out together.
+        let speculate = match &op {
+            Operation::Claim { uid, .. } => {
+                self.proposer.config().fast_round && !self.proposer.knows_used(&user_key(uid))
+            }
+            _ => false,
+        };
+        let (machine, first, subject) = Machine::start(op, tag, speculate);
         self.running.insert(
             id,
             Running {
@@ -430,7 +454,7 @@ impl Registry {
                 subject,
             },
         );
-        self.advance(id, Step::Propose(first));
+        self.advance(id, first);
         self.pump();
         Ok(id)
     }
@@ -466,6 +490,10 @@ impl Registry {
                         .by_op
                         .remove(&op)
                         .expect("every op was submitted by a request");
+                    if !self.running.contains_key(&request) {
+                        // The other of two proposals in flight ended the operation already.
+                        continue;
+                    }
                     let step = self.on_done(request, proposal, result);
                     self.advance(request, step);
                 }
@@ -518,10 +546,20 @@ impl Registry {
                 });
                 Step::Propose(p)
             }
+            Step::ProposeBoth(a, b) => {
+                self.advance(request, Step::Propose(a));
+                if self.running.contains_key(&request) {
+                    self.advance(request, Step::Propose(b));
+                }
+                return;
+            }
+            Step::Wait => return,
             other => other,
         };
         let result = match step {
-            Step::AnswerThen(..) => unreachable!("handled above"),
+            Step::AnswerThen(..) | Step::ProposeBoth(..) | Step::Wait => {
+                unreachable!("handled above")
+            }
             Step::Done(result) => result,
             Step::Propose(p) => {
                 let run = self.running.get_mut(&request).expect("running");
@@ -540,6 +578,7 @@ impl Registry {
                             goal: Goal::Claim(_),
                             ..
                         } | RegistryChange::Reserve { .. }
+                            | RegistryChange::ReserveIfFree { .. }
                     );
                     let submitted = if expect_new {
                         self.proposer.submit_fast(p.key.clone(), p.change.clone())
@@ -591,7 +630,19 @@ enum Machine {
 }
 
 impl Machine {
-    fn start(op: Operation, tag: OpTag) -> (Machine, Proposal, String) {
+    fn start(op: Operation, tag: OpTag, speculate: bool) -> (Machine, Step, String) {
+        let (machine, first, subject) = match op {
+            Operation::Claim { wxid, uid } if speculate => {
+                let subject = format!("user {uid:?}");
+                let (m, step) = IdChange::start_speculating(uid, wxid, tag);
+                return (Machine::Id(m), step, subject);
+            }
+            other => Machine::start_one(other, tag),
+        };
+        (machine, Step::Propose(first), subject)
+    }
+
+    fn start_one(op: Operation, tag: OpTag) -> (Machine, Proposal, String) {
         match op {
             Operation::Lookup { wxid } => {
                 let (m, p) = Lookup::start(wxid.as_str().to_owned());
@@ -700,6 +751,24 @@ fn read(key: String) -> Proposal {
     }
 }
 
+/// Reads the record of the user holding reservation `r`, making sure the transition `r` names
+/// can no longer begin: if the record does not back `r` now, it never will (I2).
+fn fence(r: &Reservation) -> Proposal {
+    Proposal {
+        key: user_key(&r.owner),
+        change: RegistryChange::Fence {
+            transition: r.transition,
+        },
+    }
+}
+
+fn fenced(key: &str, outcome: Outcome) -> Result<UserIds, RegistryError> {
+    match outcome {
+        Outcome::Fenced(user) => Ok(user),
+        other => Err(unexpected(key, &other)),
+    }
+}
+
 fn read_value<T>(
     key: &str,
     outcome: Outcome,
@@ -721,6 +790,9 @@ fn unexpected(key: &str, outcome: &Outcome) -> RegistryError {
         problem: format!("unexpected outcome {outcome:?} (a bug in the registry client)"),
     }
 }
+
+/// The id the first transition of a user gets (`last_transition` starts at 0).
+const FIRST_TRANSITION: u64 = 1;
 
 /// Who holds an ID: read `wxid/x`, then the owner's record to tell backed from stale.
 #[derive(Debug, Clone)]
@@ -751,13 +823,13 @@ impl Lookup {
             None => match read_value(key, outcome, decode_reservation)? {
                 None => Ok(LookupStep::Status(WxidStatus::Free)),
                 Some(r) => {
-                    let p = read(user_key(&r.owner));
+                    let p = fence(&r);
                     self.reservation = Some(r);
                     Ok(LookupStep::Propose(p))
                 }
             },
             Some(r) => {
-                let user = read_value(key, outcome, decode_user)?;
+                let user = fenced(key, outcome)?;
                 let uid = r.owner.clone();
                 Ok(LookupStep::Status(if !user.backs(&self.wxid, &r) {
                     WxidStatus::Free
@@ -813,6 +885,13 @@ enum Stage {
     LookupOwner(Lookup),
     /// The caller has its answer; the commit of its first ID runs.
     BackgroundCommit,
+    /// A new user's first claim: begin and the speculative reserve are both in flight.
+    Speculating {
+        begin: Option<Box<Outcome>>,
+        reserve: Option<Box<Outcome>>,
+    },
+    /// The speculative reservation turned out unbacked: free it, then reserve for real.
+    DropSpeculation(Roll),
 }
 
 /// Claim, release and roll-forward of a user's WeChat ID (the protocol in the module docs).
@@ -947,27 +1026,35 @@ impl IdChange {
                     }
                 }
             },
-            (Stage::Reserve(roll), Outcome::Reserved) => {
-                let p = self.on_user(RegistryChange::Commit {
-                    transition: roll.t.id,
-                });
-                let first_id = roll.t.from.is_none() && matches!(self.goal, IdGoal::Claim(_));
-                if roll.mine && first_id {
-                    // Reserved and backed by our pending transition: nothing can abort it any
-                    // more, and everyone already sees the ID as this user's (see the module
-                    // docs). Answer now; the commit (which also finishes) runs behind.
-                    self.stage = Stage::BackgroundCommit;
-                    return Step::AnswerThen(Ok(Answer::Claimed { released: None }), p);
-                }
-                self.go(Stage::Commit(roll), p)
-            }
+            (Stage::Reserve(roll), Outcome::Reserved) => self.reserved(roll),
             (Stage::BackgroundCommit, _) => Step::Done(Ok(Answer::Claimed { released: None })),
-            (Stage::Reserve(roll), Outcome::Taken(holder)) => {
-                let p = read(user_key(&holder.owner));
-                self.go(Stage::CheckHolder(roll, holder), p)
+            (Stage::Reserve(roll), Outcome::Taken(holder)) => self.check_holder(roll, holder),
+            (
+                Stage::Speculating {
+                    mut begin,
+                    mut reserve,
+                },
+                outcome,
+            ) => {
+                if key == user_key(&self.uid) {
+                    begin = Some(Box::new(outcome));
+                } else {
+                    reserve = Some(Box::new(outcome));
+                }
+                match (begin, reserve) {
+                    (Some(b), Some(r)) => self.speculated(*b, *r),
+                    (b, r) => {
+                        self.stage = Stage::Speculating {
+                            begin: b,
+                            reserve: r,
+                        };
+                        Step::Wait
+                    }
+                }
             }
+            (Stage::DropSpeculation(roll), Outcome::ReleasedIf { .. }) => self.reserve(roll),
             (Stage::CheckHolder(roll, holder), outcome) => {
-                let holder_user = match read_value(key, outcome, decode_user) {
+                let holder_user = match fenced(key, outcome) {
                     Ok(u) => u,
                     Err(e) => return Step::Done(Err(e)),
                 };
@@ -1015,6 +1102,102 @@ impl IdChange {
                 self.rolled(roll, result)
             }
             (_, other) => Step::Done(Err(unexpected(key, &other))),
+        }
+    }
+
+    /// `roll.t`'s target is reserved for it: commit.
+    fn reserved(&mut self, roll: Roll) -> Step {
+        let p = self.on_user(RegistryChange::Commit {
+            transition: roll.t.id,
+        });
+        let first_id = roll.t.from.is_none() && matches!(self.goal, IdGoal::Claim(_));
+        if roll.mine && first_id {
+            // Reserved and backed by our pending transition: nothing can abort it any more,
+            // and everyone already sees the ID as this user's (see the module docs). Answer
+            // now; the commit (which also finishes) runs behind.
+            self.stage = Stage::BackgroundCommit;
+            return Step::AnswerThen(Ok(Answer::Claimed { released: None }), p);
+        }
+        self.go(Stage::Commit(roll), p)
+    }
+
+    /// Someone else's reservation is in the way: is it backed (the ID is taken) or stale?
+    fn check_holder(&mut self, roll: Roll, holder: Reservation) -> Step {
+        let p = fence(&holder);
+        self.go(Stage::CheckHolder(roll, holder), p)
+    }
+
+    /// Starts a claim for a user this node knows nothing of, betting that it is the user's
+    /// first: the begin and a reserve for the transition id such a begin gets
+    /// ([`FIRST_TRANSITION`]) go out together, both in the fast round.
+    fn start_speculating(uid: String, wxid: WxId, tag: OpTag) -> (IdChange, Step) {
+        let m = IdChange {
+            uid,
+            goal: IdGoal::Claim(wxid),
+            stage: Stage::Speculating {
+                begin: None,
+                reserve: None,
+            },
+            tag,
+        };
+        let begin = m.begin_proposal();
+        let IdGoal::Claim(wxid) = &m.goal else {
+            unreachable!("set above")
+        };
+        let reserve = Proposal {
+            key: wxid_key(wxid.as_str()),
+            change: RegistryChange::ReserveIfFree {
+                uid: m.uid.clone(),
+                transition: FIRST_TRANSITION,
+            },
+        };
+        (m, Step::ProposeBoth(begin, reserve))
+    }
+
+    /// Both halves of the speculation ended: go on from what they found.
+    fn speculated(&mut self, begin: Outcome, reserve: Outcome) -> Step {
+        match begin {
+            Outcome::Began(t) if t.id == FIRST_TRANSITION && t.from.is_none() => {
+                // The bet came off: the reservation is for this very transition.
+                let roll = Roll { t, mine: true };
+                match reserve {
+                    Outcome::Reserved => self.reserved(roll),
+                    Outcome::Taken(holder) => self.check_holder(roll, holder),
+                    other => Step::Done(Err(unexpected("speculative reserve", &other))),
+                }
+            }
+            Outcome::Began(t) => {
+                // The user had transitions before: a reservation for transition 1 is not ours
+                // (and never backed: the user's record is past it). Free it if we made it.
+                let roll = Roll { t, mine: true };
+                match reserve {
+                    Outcome::Reserved => {
+                        let target = roll
+                            .t
+                            .to
+                            .clone()
+                            .expect("a claim's transition has a target");
+                        let p = Proposal {
+                            key: wxid_key(&target),
+                            change: RegistryChange::ReleaseIf {
+                                uid: self.uid.clone(),
+                                transition: FIRST_TRANSITION,
+                            },
+                        };
+                        self.go(Stage::DropSpeculation(roll), p)
+                    }
+                    _ => self.reserve(roll),
+                }
+            }
+            // Not a fresh begin (another transition pending, the ID already held, ...): carry
+            // on as a claim that did not speculate. A reservation the speculation made is left
+            // to staleness checks: when unbacked, it is stale for good, since the record is
+            // past transition 1.
+            other => {
+                self.stage = Stage::Begin;
+                let key = user_key(&self.uid);
+                self.on_outcome(&key, other)
+            }
         }
     }
 

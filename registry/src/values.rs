@@ -262,8 +262,16 @@ pub enum RegistryChange {
     Read,
     /// `wxid/<id>`: reserve for `(uid, transition)` if free or already the user's.
     Reserve { uid: String, transition: u64 },
+    /// `wxid/<id>`: reserve for `(uid, transition)` only if free (or already exactly that): the
+    /// speculative reserve a new user's claim makes alongside its begin (see
+    /// [`crate::registry`]), which must never replace a reservation the user already has.
+    ReserveIfFree { uid: String, transition: u64 },
     /// `wxid/<id>`: free it if reserved by exactly `(uid, transition)`.
     ReleaseIf { uid: String, transition: u64 },
+    /// `user/<uid>`: make sure no transition up to `transition` can begin any more (raise
+    /// `last_transition` to it), then report the record: what a staleness check of a
+    /// reservation `(uid, transition)` reads, so that a reservation it finds unbacked stays so.
+    Fence { transition: u64 },
     /// `user/<uid>`: record a new transition towards `goal` for the operation `tag`, unless one
     /// is pending (idempotent: finds the transition `tag` began, if any).
     Begin { goal: Goal, tag: OpTag },
@@ -296,6 +304,8 @@ pub enum Outcome {
     },
     /// `Begin`: the transition now pending (begun now, or earlier by the same operation).
     Began(Transition),
+    /// `Fence`: the user record after it.
+    Fenced(UserIds),
     /// `Begin`: the transition this operation began already finished (`committed` or not).
     Ended {
         transition: Transition,
@@ -347,6 +357,29 @@ impl RegistryChange {
                     (Some(encode_reservation(&r)), Outcome::Reserved)
                 }
             },
+            RegistryChange::ReserveIfFree { uid, transition } => {
+                let wanted = Reservation {
+                    owner: uid.clone(),
+                    transition: *transition,
+                };
+                match decode_reservation(current)? {
+                    None => (Some(encode_reservation(&wanted)), Outcome::Reserved),
+                    Some(r) if r == wanted => (keep(), Outcome::Reserved),
+                    Some(r) => (keep(), Outcome::Taken(r)),
+                }
+            }
+            RegistryChange::Fence { transition } => {
+                let user = decode_user(current)?;
+                if user.last_transition >= *transition {
+                    (keep(), Outcome::Fenced(user))
+                } else {
+                    let next = UserIds {
+                        last_transition: *transition,
+                        ..user
+                    };
+                    (Some(encode_user(&next)), Outcome::Fenced(next))
+                }
+            }
             RegistryChange::ReleaseIf { uid, transition } => match decode_reservation(current)? {
                 Some(r) if r.owner == *uid && r.transition == *transition => {
                     (None, Outcome::ReleasedIf { released: true })

@@ -15,7 +15,8 @@ use homeport_registry::registry::{
 };
 use homeport_registry::storage::MemStorage;
 use homeport_registry::values::{
-    Goal, HomeEntry, OpTag, Outcome, RegistryChange, Transition, decode_user, user_key, wxid_key,
+    Goal, HomeEntry, OpTag, Outcome, RegistryChange, Transition, decode_reservation, decode_user,
+    user_key, wxid_key,
 };
 
 struct Cluster {
@@ -449,13 +450,29 @@ fn registry_outputs_are_what_the_shell_needs() {
             other => panic!("{other:?}"),
         }
     }
-    let targets: Vec<_> = sends.iter().map(|(to, _)| *to).collect();
+    // A new user: begin and the speculative reserve, both in the fast round, to every acceptor.
+    let targets: Vec<_> = sends
+        .iter()
+        .map(|(to, r)| (*to, r.key().to_owned()))
+        .collect();
     assert_eq!(
         targets,
-        [0, 1, 2],
-        "the first step's prepare goes to every acceptor"
+        [
+            (0, "user/u1".to_owned()),
+            (1, "user/u1".to_owned()),
+            (2, "user/u1".to_owned()),
+            (0, "wxid/szdy01".to_owned()),
+            (1, "wxid/szdy01".to_owned()),
+            (2, "wxid/szdy01".to_owned()),
+        ],
+        "the first steps go to every acceptor"
     );
-    assert_eq!(timers, 1, "one round timer");
+    assert!(
+        sends
+            .iter()
+            .all(|(_, r)| matches!(r, Request::FastAccept { .. }))
+    );
+    assert_eq!(timers, 2, "one round timer per proposal");
     for (to, request) in sends {
         let reply = c.acceptors[to].handle(request);
         c.registry.on_reply(to, reply);
@@ -553,12 +570,12 @@ fn run_counting(
 }
 
 #[test]
-fn a_new_users_first_claim_is_answered_after_two_fast_rounds() {
+fn a_new_users_first_claim_is_answered_after_one_round_trip() {
     let mut acceptors: Vec<_> = (0..3).map(|_| Acceptor::new(MemStorage::new())).collect();
     let mut registry = Registry::new(RegistryConfig::default(), ProposerId::new(0, 1), 1).unwrap();
-    // Begin on the new user record and reserve of the new ID in the fast round; the answer
-    // comes with the reservation, and the commit (which also finishes: there is no old ID to
-    // release) on the ballot the fast begin got is already on its way.
+    // Begin on the new user record and a speculative reserve of the new ID, side by side in
+    // the fast round; the answer comes with both, and the commit (which also finishes: there is
+    // no old ID to release) on the ballot the fast begin got is already on its way.
     let (answer, [prepares, accepts, fast]) = run_counting(
         &mut acceptors,
         &mut registry,
@@ -602,4 +619,67 @@ fn a_new_users_first_claim_is_answered_after_two_fast_rounds() {
     )
     .0;
     assert_eq!(c_status, Ok(Answer::Status(WxidStatus::Free)));
+}
+
+#[test]
+fn a_speculative_reserve_for_a_user_with_a_past_is_dropped_and_the_claim_goes_on() {
+    let mut c = Cluster::new();
+    c.run(Operation::claim("oldid1", "u1")).unwrap();
+    // Another node, which knows nothing of u1, bets on a first transition: its reservation of
+    // `newid22` for transition 1 is not u1's (u1 is at transition 1 already), so it is freed
+    // and the claim reserves for its real transition.
+    let mut other = Registry::new(RegistryConfig::default(), ProposerId::new(5, 5), 5).unwrap();
+    let (answer, _) = run_counting(
+        &mut c.acceptors,
+        &mut other,
+        Operation::claim("newid22", "u1").unwrap(),
+    );
+    assert_eq!(
+        answer,
+        Ok(Answer::Claimed {
+            released: Some("oldid1".into())
+        })
+    );
+    assert_eq!(c.lookup("newid22"), held_by("u1"));
+    assert_eq!(c.lookup("oldid1"), WxidStatus::Free);
+    let Outcome::Read(Some(r)) = c.change(&wxid_key("newid22"), RegistryChange::Read) else {
+        panic!("newid22 is reserved")
+    };
+    assert_eq!(decode_reservation(Some(&r)).unwrap().unwrap().transition, 2);
+}
+
+#[test]
+fn a_reservation_made_ahead_of_its_begin_is_fenced_off_by_whoever_checks_it() {
+    let mut c = Cluster::new();
+    // A speculating node reserved `szdy01` for u1's transition 1 and died before its begin.
+    c.change(
+        &wxid_key("szdy01"),
+        RegistryChange::ReserveIfFree {
+            uid: "u1".into(),
+            transition: 1,
+        },
+    );
+    // A lookup fences u1's record at transition 1: the reservation is stale for good.
+    assert_eq!(c.lookup("szdy01"), WxidStatus::Free);
+    let Outcome::Read(record) = c.change(&user_key("u1"), RegistryChange::Read) else {
+        panic!("a read answers the record")
+    };
+    assert_eq!(decode_user(record.as_ref()).unwrap().last_transition, 1);
+    // So u1's late begin gets transition 2, and another user may take the ID.
+    assert_eq!(
+        c.run(Operation::claim("szdy01", "u2")),
+        Ok(Answer::Claimed { released: None })
+    );
+    assert_eq!(
+        c.run(Operation::claim("szdy01", "u1")),
+        Err(RegistryError::Taken {
+            wxid: "szdy01".into(),
+            owner: "u2".into()
+        })
+    );
+    let t = c.begin("u1", Goal::Claim("other11".into()));
+    assert_eq!(
+        t.id, 3,
+        "transitions 1 (fenced) and 2 (aborted) are used up"
+    );
 }

@@ -408,6 +408,11 @@ impl<C: Change> Proposer<C> {
         self.ops.len()
     }
 
+    /// Whether this proposer knows `key` to hold a value (a bounded memory of recent keys).
+    pub fn knows_used(&self, key: &str) -> bool {
+        self.used.contains(key) || self.granted.contains_key(key)
+    }
+
     /// Whether the next change of `key` will skip its prepare round.
     pub fn holds_next_ballot(&self, key: &str) -> bool {
         self.granted.contains_key(key)
