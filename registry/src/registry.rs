@@ -376,6 +376,10 @@ pub struct Registry {
     outputs: VecDeque<RegistryOutput>,
     /// Background work (after an early answer) that ended in an error.
     background_failures: u64,
+    /// Background proposals held back until the next proposal or [`DEFER_BACKGROUND_MS`].
+    deferred: Vec<(RequestId, Proposal)>,
+    defer_timer: Option<TimerId>,
+    defer_seq: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -407,6 +411,9 @@ impl Registry {
             by_op: BTreeMap::new(),
             outputs: VecDeque::new(),
             background_failures: 0,
+            deferred: Vec::new(),
+            defer_timer: None,
+            defer_seq: 0,
         })
     }
 
@@ -465,8 +472,28 @@ impl Registry {
     }
 
     pub fn on_timer(&mut self, timer: TimerId) {
-        self.proposer.on_timer(timer);
+        if timer.op == DEFER_TIMER_OP {
+            if self.defer_timer == Some(timer) {
+                self.defer_timer = None;
+                self.flush_deferred();
+            }
+        } else {
+            self.proposer.on_timer(timer);
+        }
         self.pump();
+    }
+
+    /// Submits the background proposals held back (see [`DEFER_BACKGROUND_MS`]).
+    fn flush_deferred(&mut self) {
+        if let Some(timer) = self.defer_timer.take() {
+            self.outputs
+                .push_back(RegistryOutput::CancelTimer { timer });
+        }
+        for (request, p) in std::mem::take(&mut self.deferred) {
+            if self.running.contains_key(&request) {
+                self.advance(request, Step::Propose(p));
+            }
+        }
     }
 
     pub fn poll_output(&mut self) -> Option<RegistryOutput> {
@@ -544,7 +571,24 @@ impl Registry {
                     request,
                     result: answer,
                 });
-                Step::Propose(p)
+                // Held back to travel with the next proposal that goes out, so both share one
+                // batch, and one fsync, at every acceptor.
+                self.deferred.push((request, p));
+                if self.deferred.len() >= MAX_DEFERRED {
+                    self.flush_deferred();
+                } else if self.defer_timer.is_none() {
+                    self.defer_seq = self.defer_seq.wrapping_add(1);
+                    let timer = TimerId {
+                        op: DEFER_TIMER_OP,
+                        seq: self.defer_seq,
+                    };
+                    self.defer_timer = Some(timer);
+                    self.outputs.push_back(RegistryOutput::SetTimer {
+                        timer,
+                        after_ms: DEFER_BACKGROUND_MS,
+                    });
+                }
+                return;
             }
             Step::ProposeBoth(a, b) => {
                 self.advance(request, Step::Propose(a));
@@ -563,6 +607,7 @@ impl Registry {
             Step::Done(result) => result,
             Step::Propose(p) => {
                 let run = self.running.get_mut(&request).expect("running");
+                let run_answered = run.answered;
                 run.steps += 1;
                 if run.steps > self.max_steps {
                     Err(RegistryError::Contended {
@@ -588,6 +633,9 @@ impl Registry {
                     match submitted {
                         Ok(op) => {
                             self.by_op.insert(op, (request, p));
+                            if !run_answered && !self.deferred.is_empty() {
+                                self.flush_deferred();
+                            }
                             return;
                         }
                         Err(e) => Err(e.into()),
@@ -790,6 +838,15 @@ fn unexpected(key: &str, outcome: &Outcome) -> RegistryError {
         problem: format!("unexpected outcome {outcome:?} (a bug in the registry client)"),
     }
 }
+
+/// How long background work (the commit behind an early answer) may wait for another proposal
+/// to travel with: at one claim at a time, the next claim comes well within this, and the two
+/// then share every acceptor's fsync instead of queueing behind each other.
+pub const DEFER_BACKGROUND_MS: u64 = 2;
+/// Most background proposals held back at once; more are sent at once.
+pub const MAX_DEFERRED: usize = 1024;
+/// The registry's own timer (the proposer numbers its operations from 0 upwards).
+const DEFER_TIMER_OP: OpId = OpId(u64::MAX);
 
 /// The id the first transition of a user gets (`last_transition` starts at 0).
 const FIRST_TRANSITION: u64 = 1;

@@ -53,6 +53,12 @@ struct Measured {
     p99_ms: f64,
     non_2xx: u64,
     errors: String,
+    /// Requests wrk completed in the measured run.
+    requests: Option<u64>,
+    /// CPU time the proxy (gateway process, or nginx's workers) spent per request, in
+    /// microseconds (user + system, from /proc): how much work a request costs it, which
+    /// other load on the machine disturbs less than the request rate.
+    proxy_cpu_us_per_request: Option<f64>,
 }
 
 /// The trivial backend: "ok" to everything, keep-alive, HTTP/1.1.
@@ -192,6 +198,8 @@ fn parse_wrk(target: &'static str, out: &str) -> Result<Measured> {
         p99_ms: f64::NAN,
         non_2xx: 0,
         errors: String::new(),
+        requests: parse_requests(out),
+        proxy_cpu_us_per_request: None,
     };
     for line in out.lines() {
         let l = line.trim();
@@ -245,6 +253,57 @@ fn run_wrk(
         );
     }
     parse_wrk(target, &String::from_utf8_lossy(&out.stdout))
+}
+
+/// Requests wrk completed ("N requests in ...").
+fn parse_requests(out: &str) -> Option<u64> {
+    out.lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+}
+
+/// Clock ticks per second of /proc/<pid>/stat times.
+fn clock_ticks_per_sec() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// User + system CPU ticks of `pid` (fields 14 and 15 of /proc/<pid>/stat, after the command
+/// name, which may hold spaces and so is skipped up to its closing parenthesis).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The processes whose parent is `parent` (nginx's workers).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s[s.rfind(')')? + 1..].to_owned();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+fn total_cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|p| cpu_ticks(*p)).sum()
 }
 
 fn loadavg() -> String {
@@ -308,6 +367,16 @@ async fn run(args: Args) -> Result<()> {
     if let Some((_, url)) = &nginx {
         targets.push(("nginx", url.clone(), None));
     }
+    let ticks_per_sec = clock_ticks_per_sec();
+    let gateway_pid = cluster.pid(&homeport_config::gateway_identity("sh"));
+    let nginx_pid = nginx.as_ref().map(|(child, _)| child.0.id());
+    let proxy_pids = |name: &str| -> Vec<u32> {
+        match name {
+            "homeport gateway" => gateway_pid.into_iter().collect(),
+            "nginx" => nginx_pid.map(children_of).unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    };
     let load_before = loadavg();
     let mut results = Vec::new();
     for (name, url, t) in &targets {
@@ -320,9 +389,17 @@ async fn run(args: Args) -> Result<()> {
         if warm.non_2xx > 0 {
             bail!("{name}: {} non-2xx answers during warm-up", warm.non_2xx);
         }
-        let m = tokio::task::block_in_place(|| {
+        let pids = proxy_pids(name);
+        let before = total_cpu_ticks(&pids);
+        let mut m = tokio::task::block_in_place(|| {
             run_wrk(args2, &url2, t2.as_deref(), args2.duration_secs, name)
         })?;
+        let spent = total_cpu_ticks(&pids).saturating_sub(before);
+        if !pids.is_empty()
+            && let Some(n) = m.requests.filter(|n| *n > 0)
+        {
+            m.proxy_cpu_us_per_request = Some(spent as f64 / ticks_per_sec * 1e6 / n as f64);
+        }
         results.push(m);
     }
     let load_after = loadavg();
@@ -331,15 +408,20 @@ async fn run(args: Args) -> Result<()> {
         "## Gateway upstream proxy vs nginx (wrk -t{} -c{} -d{}s, keep-alive, 2-byte answers)\n",
         args.threads, args.connections, args.duration_secs
     );
-    println!("| path | requests/s | p50 ms | p99 ms | non-2xx | socket errors |");
-    println!("| --- | ---: | ---: | ---: | ---: | --- |");
+    println!(
+        "| path | requests/s | p50 ms | p99 ms | proxy CPU µs/request | non-2xx | socket errors |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | --- |");
     for m in &results {
         println!(
-            "| {} | {:.0} | {:.3} | {:.3} | {} | {} |",
+            "| {} | {:.0} | {:.3} | {:.3} | {} | {} | {} |",
             m.target,
             m.requests_per_sec,
             m.p50_ms,
             m.p99_ms,
+            m.proxy_cpu_us_per_request
+                .map(|c| format!("{c:.1}"))
+                .unwrap_or_else(|| "—".into()),
             m.non_2xx,
             if m.errors.is_empty() {
                 "none"
@@ -368,6 +450,12 @@ async fn run(args: Args) -> Result<()> {
             g.p99_ms - direct.p99_ms,
             n.p99_ms - direct.p99_ms
         );
+        if let (Some(gc), Some(nc)) = (g.proxy_cpu_us_per_request, n.proxy_cpu_us_per_request) {
+            println!(
+                "- CPU per request: gateway {gc:.1} µs, nginx {nc:.1} µs (gateway / nginx {:.2}x)",
+                gc / nc
+            );
+        }
     }
     println!(
         "- load average before / after: {load_before} / {load_after} ({} cores)",

@@ -239,6 +239,7 @@ impl Bed {
         Ok(Counters {
             prepares: metric_sum(&page, "registry_rounds_total", &["phase=\"prepare\""]),
             accepts: metric_sum(&page, "registry_rounds_total", &["phase=\"accept\""]),
+            fast_accepts: metric_sum(&page, "registry_rounds_total", &["phase=\"fast_accept\""]),
             conflicts: metric_sum(&page, "registry_conflicts_total", &[]),
             commits: metric_sum(&page, "registry_acceptor_commit_seconds_count", &[]),
             batched_requests: metric_sum(&page, "registry_acceptor_batch_requests_sum", &[]),
@@ -252,6 +253,8 @@ struct Counters {
     /// Proposer rounds (one per proposal-attempt, counted once though sent to 3 acceptors).
     prepares: f64,
     accepts: f64,
+    /// Fast rounds (round zero, no prepare) tried.
+    fast_accepts: f64,
     conflicts: f64,
     /// The local acceptor's storage commits (one fsync each) and requests they covered.
     commits: f64,
@@ -264,6 +267,7 @@ impl std::ops::Sub for Counters {
         Counters {
             prepares: self.prepares - o.prepares,
             accepts: self.accepts - o.accepts,
+            fast_accepts: self.fast_accepts - o.fast_accepts,
             conflicts: self.conflicts - o.conflicts,
             commits: self.commits - o.commits,
             batched_requests: self.batched_requests - o.batched_requests,
@@ -443,16 +447,16 @@ fn print_report(
     );
     println!();
     println!(
-        "| scenario | conc | claims/s | p50 ms | p99 ms | errors | prepares/claim | accepts/claim | conflicts | sh fsyncs/s | requests/fsync | CPU busy |"
+        "| scenario | conc | claims/s | p50 ms | p99 ms | errors | prepares/claim | accepts/claim | fast rounds/claim | conflicts | sh fsyncs/s | requests/fsync | CPU busy |"
     );
     println!(
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for r in rows {
         let claims = r.result.ok.max(1) as f64;
         let k = &r.counters;
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} | {} |",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} | {} |",
             r.scenario,
             r.concurrency,
             r.result.per_sec(),
@@ -461,6 +465,7 @@ fn print_report(
             r.result.errors,
             k.prepares / claims,
             k.accepts / claims,
+            k.fast_accepts / claims,
             k.conflicts,
             k.commits / r.result.secs,
             if k.commits > 0.0 {
