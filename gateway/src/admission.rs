@@ -69,6 +69,27 @@ impl<W> Core<W> {
         self.queue.len()
     }
 
+    /// Takes a slot if one is free and nobody waits: the common case, decided without a clock
+    /// or a waiter. `false`: call [`Core::offer`].
+    pub fn try_admit(&mut self) -> bool {
+        if self.in_flight < self.max_in_flight && self.queue.is_empty() {
+            self.in_flight += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Frees a slot if nobody waits (nothing to grant or expire, so no clock is needed).
+    /// `false`: call [`Core::release`].
+    pub fn try_release_unqueued(&mut self) -> bool {
+        if self.queue.is_empty() {
+            assert!(self.in_flight > 0, "released a slot that was never taken");
+            self.in_flight -= 1;
+            return true;
+        }
+        false
+    }
+
     pub fn offer(&mut self, now_ms: u64, waiter: W) -> Offer<W> {
         self.expire(now_ms);
         if self.in_flight < self.max_in_flight && self.queue.is_empty() {
@@ -190,7 +211,23 @@ impl Admission {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A slot if one is free and nobody waits: no channel, no clock, no future (each showed in
+    /// profiles at 40k requests/s). `None`: wait with [`Admission::acquire`].
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        if !self.lock().try_admit() {
+            return None;
+        }
+        self.admitted.increment(1);
+        self.queue_seconds.record(0.0);
+        Some(Permit {
+            admission: self.clone(),
+        })
+    }
+
     pub async fn acquire(self: &Arc<Self>) -> Result<Permit, Rejected> {
+        if let Some(p) = self.try_acquire() {
+            return Ok(p);
+        }
         let start = Instant::now();
         let (tx, rx) = oneshot::channel();
         let offer = self.lock().offer(self.now_ms(), tx);
@@ -233,6 +270,9 @@ impl Admission {
     }
 
     fn release(&self) {
+        if self.lock().try_release_unqueued() {
+            return;
+        }
         loop {
             let released = self.lock().release(self.now_ms());
             drop(released.expired);
@@ -256,6 +296,22 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fast_paths_only_decide_when_nobody_waits() {
+        let mut c: Core<char> = Core::new(1, 1, 100);
+        assert!(c.try_admit());
+        assert!(!c.try_admit(), "full: the caller must queue");
+        assert!(matches!(c.offer(0, 'b'), Offer::Queued { .. }));
+        assert!(
+            !c.try_release_unqueued(),
+            "a waiter must be granted the slot"
+        );
+        assert_eq!(c.release(1).granted, Some('b'));
+        assert!(!c.try_admit(), "still taken, by b");
+        assert!(c.try_release_unqueued());
+        assert_eq!(c.in_flight(), 0);
+    }
 
     #[test]
     fn admits_up_to_capacity_then_queues_then_rejects() {

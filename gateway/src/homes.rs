@@ -7,6 +7,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use crate::Padded;
+
 /// A boxed future, so the trait stays object-safe (`Arc<dyn HomeResolver>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -66,7 +68,8 @@ impl HomeResolver for PrefixRule {
 pub struct CachedHomes {
     inner: Arc<dyn HomeResolver>,
     generation_entries: usize,
-    cache: Mutex<Generations>,
+    /// One per HTTP worker thread (see `crate::cache_shard`).
+    shards: Box<[Padded<Generations>]>,
     /// Registered once: a metrics registry lookup per request showed in profiles.
     hits: metrics::Counter,
     misses: metrics::Counter,
@@ -80,17 +83,21 @@ struct Generations {
 
 impl CachedHomes {
     pub fn new(inner: Arc<dyn HomeResolver>, capacity: usize) -> Self {
+        let shards = crate::cache_shards();
         CachedHomes {
             inner,
-            generation_entries: (capacity / 2).max(1),
-            cache: Mutex::new(Generations::default()),
+            generation_entries: (capacity / shards / 2).max(1),
+            shards: (0..shards)
+                .map(|_| Padded(Mutex::new(Generations::default())))
+                .collect(),
             hits: metrics::counter!("homeport_gateway_home_cache_hits_total"),
             misses: metrics::counter!("homeport_gateway_home_cache_misses_total"),
         }
     }
 
+    /// This thread's shard.
     fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+        self.shards[crate::cache_shard(self.shards.len())].lock()
     }
 
     fn insert(&self, g: &mut Generations, uid: &str, home: String) {
@@ -126,9 +133,11 @@ impl CachedHomes {
 
     /// Forgets `uid` (its home moved, as a home region's gateway told us).
     pub fn invalidate(&self, uid: &str) {
-        let mut g = self.lock();
-        g.young.remove(uid);
-        g.old.remove(uid);
+        for shard in &self.shards {
+            let mut g = shard.lock();
+            g.young.remove(uid);
+            g.old.remove(uid);
+        }
     }
 
     pub async fn create_user(&self, region: &str) -> Result<String, HomeError> {
@@ -140,8 +149,13 @@ impl CachedHomes {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        let g = self.lock();
-        g.young.len() + g.old.len()
+        self.shards
+            .iter()
+            .map(|s| {
+                let g = s.lock();
+                g.young.len() + g.old.len()
+            })
+            .sum()
     }
 }
 

@@ -233,7 +233,7 @@ pub async fn start(
             settings.upstream_max_idle_per_host,
         ),
         forwarder: forward::Forwarder::new(endpoint.clone(), &deployment, max_frame_bytes),
-        region_api,
+        region_api: proxy::Target::new(region_api),
         prefixes,
         shutting_down: Default::default(),
         responses: service::ResponseCounters::new(),
@@ -252,6 +252,15 @@ pub async fn start(
             async move { gw.serve_forwarded(&peer, req).await }
         },
     )));
+
+    let reaped = gateway.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(proxy::REAP_INTERVAL_MS));
+        loop {
+            every.tick().await;
+            reaped.upstreams.reap_idle();
+        }
+    }));
 
     let health_gw = gateway.clone();
     let health: homeport_queue::admin::HealthFn = Arc::new(move || {
@@ -290,7 +299,7 @@ pub async fn start(
         let (gw, stop_rx) = (gateway.clone(), stop_rx.clone());
         std::thread::Builder::new()
             .name(format!("gateway-http-{i}"))
-            .spawn(move || run_http_worker(listener, gw, stop_rx, done))
+            .spawn(move || run_http_worker(i, listener, gw, stop_rx, done))
             .map_err(|e| other(format!("starting HTTP worker thread {i}: {e}")))?;
         http_workers.push(done_rx);
     }
@@ -318,6 +327,38 @@ fn http_worker_threads() -> usize {
         .unwrap_or(1)
 }
 
+thread_local! {
+    /// This thread's HTTP worker number; `None` on every other thread.
+    static WORKER_INDEX: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Shards of the caches every request reads (verified tickets, homes): one per HTTP worker, so
+/// a worker's lock and entries stay in its own core's cache (one shared lock bounced between
+/// the cores on every request), plus one for every other thread.
+pub(crate) fn cache_shards() -> usize {
+    http_worker_threads() + 1
+}
+
+/// The shard of `shards` this thread uses.
+pub(crate) fn cache_shard(shards: usize) -> usize {
+    let last = shards.saturating_sub(1);
+    WORKER_INDEX
+        .with(|w| w.get())
+        .filter(|i| *i < last)
+        .unwrap_or(last)
+}
+
+/// A lock padded to its own cache lines, so neighbouring shards do not share one.
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub std::sync::Mutex<T>);
+
+impl<T> Padded<T> {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        // A panic while holding the lock leaves a cache behind; keep serving.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// A listening socket that other workers (and other gateway instances of the same user) may
 /// share.
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -336,11 +377,13 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 }
 
 fn run_http_worker(
+    index: usize,
     listener: std::net::TcpListener,
     gateway: Arc<Gateway>,
     stop: watch::Receiver<bool>,
     done: tokio::sync::oneshot::Sender<()>,
 ) {
+    WORKER_INDEX.with(|w| w.set(Some(index)));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -361,22 +404,39 @@ fn run_http_worker(
             }
         };
         let settings = &gateway.deployment.gateway;
-        let upstreams = Arc::new(proxy::Upstreams::new(
+        let upstreams = proxy::Upstreams::new(
             settings.upstream_connect_timeout_ms,
             settings.upstream_timeout_ms,
             settings.upstream_max_idle_per_host,
-        ));
-        serve_http(listener, gateway, upstreams, stop).await;
+        );
+        let worker = Arc::new(Worker { gateway, upstreams });
+        // Ends with the runtime when the worker stops.
+        let reaped = worker.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(proxy::REAP_INTERVAL_MS));
+            loop {
+                every.tick().await;
+                reaped.upstreams.reap_idle();
+            }
+        });
+        serve_http(listener, worker, stop).await;
     });
     let _ = done.send(());
 }
 
 /// The accept loop: HTTP/1.1 and h2c (prior knowledge) on the same port, each connection
 /// watched so shutdown can let in-flight requests finish.
+/// What one HTTP worker thread's requests share. Each request clones this `Arc`, whose count
+/// only this thread touches, rather than the gateway's, whose count both threads would bounce
+/// between their caches on every request.
+struct Worker {
+    gateway: Arc<Gateway>,
+    upstreams: proxy::Upstreams,
+}
+
 async fn serve_http(
     listener: tokio::net::TcpListener,
-    gateway: Arc<Gateway>,
-    upstreams: Arc<proxy::Upstreams>,
+    worker: Arc<Worker>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -399,12 +459,16 @@ async fn serve_http(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (gw, up) = (gateway.clone(), upstreams.clone());
+        let conn_worker = worker.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let (gw, up) = (gw.clone(), up.clone());
+            let w = conn_worker.clone();
             async move {
                 let req = req.map(body::incoming);
-                Ok::<_, Infallible>(gw.handle(req, client, Via::Client, &up).await)
+                Ok::<_, Infallible>(
+                    w.gateway
+                        .handle(req, client, Via::Client, &w.upstreams)
+                        .await,
+                )
             }
         });
         let conn = builder

@@ -1,5 +1,6 @@
 //! The data plane: a request goes to an upstream (a configured service, or the region process)
-//! over pooled keep-alive connections, bodies streaming both ways (never buffered whole),
+//! over pooled keep-alive connections, bodies streaming both ways (only a body of at most
+//! `SMALL_BODY_BYTES` is read whole),
 //! hop-by-hop headers removed as RFC 9110 §7.6.1 says, `Forwarded` and `X-Forwarded-For`
 //! added. A connect failure answers 502, no response headers within the upstream timeout 504.
 
@@ -15,6 +16,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{Body, problem};
 use crate::h1;
+
+/// How often idle pooled HTTP/1.1 connections are checked for expiry and for an upstream that
+/// closed them.
+pub(crate) const REAP_INTERVAL_MS: u64 = 5_000;
 
 /// Idle pooled connections are closed after this long (upstreams usually close at 60-75 s).
 const POOL_IDLE_TIMEOUT_MS: u64 = 55_000;
@@ -59,38 +64,55 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Appends this hop to `X-Forwarded-For` and `Forwarded` (RFC 7239), keeping earlier hops.
-/// Each value is written once into its own buffer, which the header then owns (no copy): this
-/// runs on every proxied request.
+/// Each value is written once into a buffer of its exact size, which the header then owns (one
+/// allocation, no copy or regrowth): this runs on every proxied request.
 pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>) {
-    use std::fmt::Write as _;
-    let ip = client.ip();
-    let previous = |headers: &HeaderMap, name: &HeaderName| -> Option<String> {
+    use std::io::Write as _;
+    // "for=\"[" + an IPv6 address (at most 45 bytes) + "]\";proto=http" fits in 64.
+    let mut this_hop = [0u8; 64];
+    let ip_len = {
+        let mut w = &mut this_hop[..];
+        let _ = write!(w, "{}", client.ip());
+        64 - w.len()
+    };
+    let ip = &this_hop[..ip_len];
+    let previous = |headers: &HeaderMap, name: &HeaderName| -> Option<HeaderValue> {
         headers
             .get(name)
-            .and_then(|v| v.to_str().ok())
-            .filter(|p| !p.is_empty())
-            .map(|p| p.to_owned())
+            .filter(|p| !p.is_empty() && p.to_str().is_ok())
+            .cloned()
     };
-    let mut xff = previous(headers, &X_FORWARDED_FOR).unwrap_or_default();
-    if !xff.is_empty() {
-        xff.push_str(", ");
-    }
-    let _ = write!(xff, "{ip}");
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
+    let joined = |previous: Option<HeaderValue>, parts: &[&[u8]]| -> Option<HeaderValue> {
+        let len: usize = previous.as_ref().map_or(0, |p| p.len() + 2)
+            + parts.iter().map(|p| p.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(len);
+        if let Some(p) = &previous {
+            out.extend_from_slice(p.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        for p in parts {
+            out.extend_from_slice(p);
+        }
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
+    };
+    if let Some(v) = joined(previous(headers, &X_FORWARDED_FOR), &[ip]) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    let mut value = previous(headers, &header::FORWARDED).unwrap_or_default();
-    if !value.is_empty() {
-        value.push_str(", ");
-    }
-    let _ = match ip {
-        std::net::IpAddr::V4(v4) => write!(value, "for={v4};proto=http"),
-        std::net::IpAddr::V6(v6) => write!(value, "for=\"[{v6}]\";proto=http"),
+    let (open, close): (&[u8], &[u8]) = match client.ip() {
+        std::net::IpAddr::V4(_) => (b"for=", b";proto=http"),
+        std::net::IpAddr::V6(_) => (b"for=\"[", b"]\";proto=http"),
     };
-    if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
-        let _ = write!(value, ";host=\"{host}\"");
-    }
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+    let host = host
+        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
+        .map(str::as_bytes);
+    let forwarded = match host {
+        Some(h) => joined(
+            previous(headers, &header::FORWARDED),
+            &[open, ip, close, b";host=\"", h, b"\""],
+        ),
+        None => joined(previous(headers, &header::FORWARDED), &[open, ip, close]),
+    };
+    if let Some(v) = forwarded {
         headers.insert(header::FORWARDED, v);
     }
 }
@@ -102,6 +124,20 @@ pub(crate) struct Upstreams {
     http1: Client<HttpConnector, Body>,
     h2c: Client<HttpConnector, Body>,
     timeout: Duration,
+}
+
+/// Where an upstream request goes: the authority, and its Host field made once (not per request).
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub authority: Authority,
+    host: Option<HeaderValue>,
+}
+
+impl Target {
+    pub fn new(authority: Authority) -> Self {
+        let host = HeaderValue::from_str(authority.as_str()).ok();
+        Target { authority, host }
+    }
 }
 
 /// Which client a request takes.
@@ -140,14 +176,20 @@ impl Upstreams {
         }
     }
 
+    /// See [`h1::Pool::reap`]; call every [`REAP_INTERVAL_MS`].
+    pub fn reap_idle(&self) {
+        self.h1.reap();
+    }
+
     /// Sends `req` (its URI in origin form) to `authority`, adapting headers for one more hop.
     pub async fn send(
         &self,
         mut req: Request<Body>,
-        authority: &Authority,
+        target: &Target,
         protocol: Protocol,
         client: SocketAddr,
     ) -> Response<Body> {
+        let authority = &target.authority;
         let path = req
             .uri()
             .path_and_query()
@@ -164,9 +206,9 @@ impl Upstreams {
         // HTTP/1.1 needs Host; for h2 the client derives :authority from the URI.
         headers.remove(header::HOST);
         if protocol == Protocol::Http1
-            && let Ok(h) = HeaderValue::from_str(authority.as_str())
+            && let Some(h) = &target.host
         {
-            headers.insert(header::HOST, h);
+            headers.insert(header::HOST, h.clone());
         }
         let original_host = original_host.as_ref().and_then(|h| h.to_str().ok());
         add_forwarded(headers, client, original_host);
@@ -183,7 +225,19 @@ impl Upstreams {
                 return self.send_lean(req, &path, authority).await;
             }
         }
+        // Boxed: hyper's client futures are large, and this is not the common path.
+        Box::pin(self.send_hyper(req, path, authority, protocol)).await
+    }
 
+    /// h2c, and HTTP/1.1 with a large or streaming request body: hyper's clients, which send
+    /// the body while the answer may already be coming back.
+    async fn send_hyper(
+        &self,
+        mut req: Request<Body>,
+        path: PathAndQuery,
+        authority: &Authority,
+        protocol: Protocol,
+    ) -> Response<Body> {
         let uri = match Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(authority.clone())
@@ -247,16 +301,16 @@ impl Upstreams {
         };
         // The body goes with the head; the upstream need not ask for it.
         parts.headers.remove(header::EXPECT);
-        let mut head =
-            Vec::with_capacity(HEAD_CAPACITY_BYTES + body.as_ref().map_or(0, |b| b.len()));
-        h1::encode_head(
-            &parts.method,
-            path.as_str(),
-            &parts.headers,
-            body.as_ref(),
-            &mut head,
-        );
-        match tokio::time::timeout(self.timeout, self.h1.send(authority, &parts.method, &head))
+        let encode = |out: &mut Vec<u8>| {
+            h1::encode_head(
+                &parts.method,
+                path.as_str(),
+                &parts.headers,
+                body.as_ref(),
+                out,
+            )
+        };
+        match tokio::time::timeout(self.timeout, self.h1.send(authority, &parts.method, encode))
             .await
         {
             Ok(Ok(mut resp)) => {
@@ -281,9 +335,6 @@ impl Upstreams {
         )
     }
 }
-
-/// Room for a typical request head, so encoding it rarely reallocates.
-const HEAD_CAPACITY_BYTES: usize = 1024;
 
 /// 502: `connect` tells a refused or timed-out connection from a failed exchange.
 fn upstream_failed(authority: &Authority, connect: bool, detail: &str) -> Response<Body> {

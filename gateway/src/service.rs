@@ -21,12 +21,12 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::admission::{Admission, Rejected};
-use crate::body::{Body, CollectError, Guarded, collect_limited, problem, problem_with};
+use crate::body::{Body, CollectError, collect_limited, problem, problem_with};
 use crate::forward::{self, ForwardError, Forwarder};
 use crate::homes::CachedHomes;
-use crate::proxy::{Protocol, USER_HEADER, Upstreams};
+use crate::proxy::{Protocol, Target, USER_HEADER, Upstreams};
 use crate::routes::{self, Route};
-use crate::ticket::{CachingVerifier, Claims, TicketError};
+use crate::ticket::{CachingVerifier, TicketError, Verified};
 use crate::wechat_ids::{ClaimOutcome, ReleaseOutcome, WechatIdError, WechatIds, WxId, WxidError};
 
 pub const HOME_REGION_HEADER: &str = "homeport-home-region";
@@ -63,7 +63,7 @@ pub(crate) struct Gateway {
     pub upstreams: Upstreams,
     pub forwarder: Forwarder,
     /// The local region process's HTTP API (internal, trusted).
-    pub region_api: Authority,
+    pub region_api: Target,
     /// Every upstream prefix of the deployment.
     pub prefixes: Vec<String>,
     pub shutting_down: AtomicBool,
@@ -78,7 +78,7 @@ pub(crate) struct Gateway {
 pub(crate) struct LocalUpstream {
     pub prefix: String,
     /// `Err(url)`: the URL has no valid authority (answered 502 `upstream_misconfigured`).
-    pub authority: Result<Authority, String>,
+    pub authority: Result<Target, String>,
     pub protocol: Protocol,
 }
 
@@ -95,6 +95,7 @@ impl LocalUpstream {
                     .url
                     .trim_start_matches("http://")
                     .parse::<Authority>()
+                    .map(Target::new)
                     .map_err(|_| u.url.clone()),
                 protocol: match u.protocol {
                     UpstreamProtocol::Http1 => Protocol::Http1,
@@ -208,7 +209,12 @@ impl Gateway {
                 format!("this gateway of region {} is shutting down", self.region),
             ));
         }
-        let permit = match self.admission.acquire().await {
+        let acquired = match self.admission.try_acquire() {
+            Some(p) => Ok(p),
+            // Boxed: the waiting future is large, and rarely needed.
+            None => Box::pin(self.admission.acquire()).await,
+        };
+        let permit = match acquired {
             Ok(p) => p,
             Err(why) => {
                 let message = match why {
@@ -227,7 +233,7 @@ impl Gateway {
         let (route_name, resp) = self.dispatch(req, client, via, up).await;
         self.responses.count(route_name, resp.status());
         let (parts, body) = resp.into_parts();
-        Response::from_parts(parts, Guarded::wrap(body, permit))
+        Response::from_parts(parts, body.guarded(permit))
     }
 
     async fn dispatch(
@@ -242,12 +248,16 @@ impl Gateway {
         let uri = req.uri().clone();
         let path = uri.path();
         match routes::route(req.method(), path, &self.prefixes) {
-            Route::CreateUser => ("create_user", self.create_user().await),
-            Route::Whereis { uid } => ("whereis", self.whereis(req.headers(), uid).await),
-            Route::Record { uid, key: _ } => {
-                ("record", self.record(req, client, via, uid, up).await)
-            }
-            Route::WechatId { id } => ("wechat_id", self.wechat_id(&req, id).await),
+            // Every route but the upstream one is boxed: their futures are large, and inline they
+            // would make every request's future as large, copied several times per request
+            // (memmove showed in profiles).
+            Route::CreateUser => ("create_user", Box::pin(self.create_user()).await),
+            Route::Whereis { uid } => ("whereis", Box::pin(self.whereis(req.headers(), uid)).await),
+            Route::Record { uid, key: _ } => (
+                "record",
+                Box::pin(self.record(req, client, via, uid, up)).await,
+            ),
+            Route::WechatId { id } => ("wechat_id", Box::pin(self.wechat_id(&req, id)).await),
             Route::Upstream { prefix } => (
                 "upstream",
                 self.upstream(req, client, via, prefix, up).await,
@@ -277,7 +287,7 @@ impl Gateway {
         }
     }
 
-    fn ticket(&self, headers: &HeaderMap) -> Result<Claims, TicketError> {
+    fn ticket(&self, headers: &HeaderMap) -> Result<Arc<Verified>, TicketError> {
         let token = if let Some(v) = headers.get(header::AUTHORIZATION) {
             let text = v.to_str().map_err(|_| {
                 TicketError::Malformed("the Authorization header is not visible ASCII".into())
@@ -297,7 +307,7 @@ impl Gateway {
         } else {
             return Err(TicketError::Missing);
         };
-        self.verifier.verify(token, now_unix_secs())
+        self.verifier.verify_shared(token, now_unix_secs())
     }
 
     /// `Ok(home)`, or the answer to give when there is none (boxed: answers are large).
@@ -539,7 +549,7 @@ impl Gateway {
         let write = req.method() != Method::GET;
         if write && claims.uid != uid {
             return ticket_problem(&TicketError::WrongUser {
-                ticket_uid: claims.uid,
+                ticket_uid: claims.uid.clone(),
                 path_uid: uid,
             });
         }
@@ -636,7 +646,7 @@ impl Gateway {
                 return misdirected(&self.region, from_region, &home);
             }
             let policy = self.deployment.gateway.policy_for(req.uri().path());
-            return self.go_home(req, client, &home, policy).await;
+            return Box::pin(self.go_home(req, client, &home, policy)).await;
         }
         let Some(service) = self.local_upstreams.iter().find(|u| u.prefix == prefix) else {
             return problem(
@@ -659,7 +669,7 @@ impl Gateway {
                 );
             }
         };
-        let req = with_user(req, &claims.uid);
+        let req = with_user_value(req, claims.uid_header.clone());
         up.send(req, authority, service.protocol, client).await
     }
 
@@ -860,14 +870,26 @@ impl Gateway {
 
 /// Tells the upstream (or region process) which user the checked ticket named; a client's own
 /// value of the header is never passed on.
-fn with_user(mut req: Request<Body>, uid: &str) -> Request<Body> {
+fn with_user(req: Request<Body>, uid: &str) -> Request<Body> {
+    let value = HeaderValue::from_str(uid).ok();
+    with_user_value(req, value)
+}
+
+/// [`with_user`] with the value made already (the ticket cache keeps one per ticket).
+fn with_user_value(mut req: Request<Body>, uid: Option<HeaderValue>) -> Request<Body> {
     let headers = req.headers_mut();
-    headers.remove(USER_HEADER);
-    if let Ok(v) = HeaderValue::from_str(uid) {
-        headers.insert(USER_HEADER, v);
+    // Room for this field and the three the proxy adds (Host, X-Forwarded-For, Forwarded), so
+    // the map grows once at most.
+    headers.reserve(4);
+    headers.remove(&USER);
+    if let Some(v) = uid {
+        headers.insert(USER, v);
     }
     req
 }
+
+/// [`USER_HEADER`] as a name made at compile time (inserting by `&str` copies the name).
+const USER: http::HeaderName = http::HeaderName::from_static(USER_HEADER);
 
 fn query_consistency(query: Option<&str>) -> Result<Consistency, String> {
     match routes::query_param(query, "consistency") {

@@ -12,7 +12,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use crate::Padded;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -236,24 +238,61 @@ impl Verifier {
 /// use, so a cached ticket still expires. Two generations of at most `entries / 2` tickets each,
 /// as in the home cache: bounded, O(1), no per-entry bookkeeping. Refused tickets are never
 /// cached (a flood of garbage cannot push good tickets out).
+///
+/// One cache per HTTP worker thread (see `crate::cache_shard`), each of `entries / shards`: a
+/// hit takes one lock that no other thread touches.
 pub struct CachingVerifier {
     verifier: Verifier,
     generation_entries: usize,
-    cache: Mutex<[HashMap<Box<str>, Claims>; 2]>,
+    shards: Box<[Padded<Generations>]>,
+}
+
+/// The young and the old generation of one shard.
+type Generations = [HashMap<Box<str>, Arc<Verified>>; 2];
+
+/// A ticket whose signature checked out, as the cache keeps it: shared, so a hit copies
+/// nothing.
+#[derive(Debug)]
+pub struct Verified {
+    pub claims: Claims,
+    /// The uid as a header value (for upstreams), made once per ticket rather than per request.
+    pub uid_header: Option<http::HeaderValue>,
+}
+
+impl std::ops::Deref for Verified {
+    type Target = Claims;
+
+    fn deref(&self) -> &Claims {
+        &self.claims
+    }
 }
 
 impl CachingVerifier {
     pub fn new(verifier: Verifier, entries: usize) -> Self {
+        let shards = crate::cache_shards();
         CachingVerifier {
             verifier,
-            generation_entries: (entries / 2).max(1),
-            cache: Mutex::new([HashMap::new(), HashMap::new()]),
+            generation_entries: (entries / shards / 2).max(1),
+            shards: (0..shards)
+                .map(|_| Padded(Mutex::new([HashMap::new(), HashMap::new()])))
+                .collect(),
         }
     }
 
     pub fn verify(&self, token: &str, now_unix_secs: u64) -> Result<Claims, TicketError> {
+        self.verify_shared(token, now_unix_secs)
+            .map(|v| v.claims.clone())
+    }
+
+    /// [`CachingVerifier::verify`] without copying the claims out of the cache.
+    pub fn verify_shared(
+        &self,
+        token: &str,
+        now_unix_secs: u64,
+    ) -> Result<Arc<Verified>, TicketError> {
+        let shard = &self.shards[crate::cache_shard(self.shards.len())];
         let cached = {
-            let mut g = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let mut g = shard.lock();
             match g[0].get(token) {
                 Some(c) => Some(c.clone()),
                 None => g[1].remove(token).inspect(|c| {
@@ -264,8 +303,12 @@ impl CachingVerifier {
         let claims = match cached {
             Some(c) => c,
             None => {
-                let c = self.verifier.verify_signed(token)?;
-                let mut g = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                let claims = self.verifier.verify_signed(token)?;
+                let c = Arc::new(Verified {
+                    uid_header: http::HeaderValue::from_str(&claims.uid).ok(),
+                    claims,
+                });
+                let mut g = shard.lock();
                 Self::insert(&mut g, self.generation_entries, token, c.clone());
                 c
             }
@@ -274,7 +317,7 @@ impl CachingVerifier {
         Ok(claims)
     }
 
-    fn insert(g: &mut [HashMap<Box<str>, Claims>; 2], cap: usize, token: &str, claims: Claims) {
+    fn insert(g: &mut Generations, cap: usize, token: &str, claims: Arc<Verified>) {
         if g[0].len() >= cap {
             g[1] = std::mem::take(&mut g[0]);
         }
@@ -563,8 +606,15 @@ mod tests {
         for i in 0..20 {
             let t = issue("k1", &key(1), &claims(&format!("sh-{i}"), NOW, NOW + 600));
             assert!(v.verify(&t, NOW).is_ok());
-            let g = v.cache.lock().unwrap();
-            assert!(g[0].len() + g[1].len() <= 4);
+            let total: usize = v
+                .shards
+                .iter()
+                .map(|s| {
+                    let g = s.lock();
+                    g[0].len() + g[1].len()
+                })
+                .sum();
+            assert!(total <= 4, "{total} cached, more than the 4 allowed");
         }
     }
 
