@@ -87,21 +87,56 @@ fn random_subnet() -> (u8, u8) {
 }
 
 /// Ports the kernel says are free on `ip`, for UDP (QUIC) and TCP (admin HTTP) each. The sockets
-/// are held until all are chosen so one call never hands out a port twice.
+/// are held until all are chosen so one call never hands out a port twice; and since the
+/// deployment file refuses one address for two listeners even across UDP and TCP, a port number
+/// already handed out for the other protocol is skipped (the kernel numbers UDP and TCP apart).
 fn free_ports(ip: IpAddr, n: usize) -> Result<Vec<(u16, u16)>> {
-    let mut held_udp = Vec::new();
-    let mut held_tcp = Vec::new();
+    let mut used = std::collections::HashSet::new();
+    let mut held = Vec::new();
     let mut out = Vec::new();
     for _ in 0..n {
-        let u = UdpSocket::bind(SocketAddr::new(ip, 0))
+        let u = distinct_port(&mut used, || UdpSocket::bind(SocketAddr::new(ip, 0)))
             .with_context(|| format!("binding UDP on {ip}"))?;
-        let t = TcpListener::bind(SocketAddr::new(ip, 0))
+        let t = distinct_port(&mut used, || TcpListener::bind(SocketAddr::new(ip, 0)))
             .with_context(|| format!("binding TCP on {ip}"))?;
-        out.push((u.local_addr()?.port(), t.local_addr()?.port()));
-        held_udp.push(u);
-        held_tcp.push(t);
+        out.push((u.0, t.0));
+        held.push((u.1, t.1));
     }
     Ok(out)
+}
+
+/// Binds with `bind` until the kernel hands out a port number not in `used` (rare: two equal
+/// numbers out of ~28k), and records it.
+fn distinct_port<S: LocalPort>(
+    used: &mut std::collections::HashSet<u16>,
+    bind: impl Fn() -> std::io::Result<S>,
+) -> Result<(u16, S)> {
+    /// Draws before giving up.
+    const MAX_DRAWS: usize = 64;
+    for _ in 0..MAX_DRAWS {
+        let socket = bind()?;
+        let port = socket.port()?;
+        if used.insert(port) {
+            return Ok((port, socket));
+        }
+    }
+    bail!("no port number free for both UDP and TCP after {MAX_DRAWS} draws")
+}
+
+trait LocalPort {
+    fn port(&self) -> std::io::Result<u16>;
+}
+
+impl LocalPort for UdpSocket {
+    fn port(&self) -> std::io::Result<u16> {
+        Ok(self.local_addr()?.port())
+    }
+}
+
+impl LocalPort for TcpListener {
+    fn port(&self) -> std::io::Result<u16> {
+        Ok(self.local_addr()?.port())
+    }
 }
 
 impl Cluster {
