@@ -447,7 +447,7 @@ impl Registry {
         // then its begin and a speculative reserve go out together.
         let speculate = match &op {
             Operation::Claim { uid, .. } => {
-                self.proposer.config().fast_round && !self.proposer.knows_used(&user_key(uid))
+                self.proposer.fast_round_possible() && !self.proposer.knows_used(&user_key(uid))
             }
             _ => false,
         };

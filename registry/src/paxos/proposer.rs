@@ -366,6 +366,10 @@ pub struct Proposer<C> {
     /// [`Proposer::submit_fast`] does not try the fast round on them.
     used: BTreeSet<String>,
     used_order: VecDeque<String>,
+    /// Acceptors that left a fast round unanswered and have not answered anything since: while
+    /// any is, the fast round (which needs every acceptor) is not tried, so a region that is
+    /// down or cut off costs new keys nothing but their prepare.
+    suspect: BTreeSet<usize>,
     outputs: VecDeque<Output>,
 }
 
@@ -391,6 +395,7 @@ impl<C: Change> Proposer<C> {
             next_stamp: 0,
             used: BTreeSet::new(),
             used_order: VecDeque::new(),
+            suspect: BTreeSet::new(),
             outputs: VecDeque::new(),
         })
     }
@@ -429,8 +434,14 @@ impl<C: Change> Proposer<C> {
     /// trip, answered at once by every acceptor that has seen the key.
     pub fn submit_fast(&mut self, key: impl Into<String>, change: C) -> Result<OpId, SubmitError> {
         let key = key.into();
-        let fast = self.config.fast_round && !self.used.contains(&key);
+        let fast = self.fast_round_possible() && !self.used.contains(&key);
         self.submit_with(key, change, fast)
+    }
+
+    /// Whether [`Proposer::submit_fast`] may try the fast round now: it is on, and every
+    /// acceptor answered since it last left a fast round unanswered.
+    pub fn fast_round_possible(&self) -> bool {
+        self.config.fast_round && self.suspect.is_empty()
     }
 
     /// Remembers that `key` holds a value, so the fast round is not tried on it again.
@@ -486,6 +497,7 @@ impl<C: Change> Proposer<C> {
         if from >= self.config.acceptors {
             return;
         }
+        self.suspect.remove(&from);
         if let Reply::Conflict { promised, .. } = &reply {
             // Whatever it answers, a higher ballot tells us where to start next time.
             self.counter = self.counter.max(promised.counter);
@@ -595,8 +607,13 @@ impl<C: Change> Proposer<C> {
         let agreed = match &op.phase {
             Phase::Preparing { promises, .. } => promises.len(),
             Phase::Accepting { acks, .. } => acks.len(),
-            Phase::FastAccepting { .. } => {
-                // Someone did not answer: sort it out with a full round at once.
+            Phase::FastAccepting { acks, .. } => {
+                // Someone did not answer: no more fast rounds until it does, and sort this one
+                // out with a full round at once.
+                let silent: Vec<usize> = (0..self.config.acceptors)
+                    .filter(|i| !acks.contains(i))
+                    .collect();
+                self.suspect.extend(silent);
                 self.start_attempt(timer.op);
                 return;
             }
@@ -1482,5 +1499,44 @@ mod tests {
             "split round zero: the key is empty"
         );
         assert_eq!(c.after, value(&[3]));
+    }
+
+    #[test]
+    fn an_acceptor_that_left_a_fast_round_unanswered_stops_fast_rounds_until_it_answers() {
+        let mut a = acceptors();
+        let mut p = proposer();
+        p.submit_fast("k1", Push(1)).unwrap();
+        // Acceptor 2 is down: the fast round times out and a full round finishes the change.
+        let outs = exchange(&mut p, &mut a, &[0, 1]);
+        let (timer, _) = last_timer(&outs);
+        p.on_timer(timer);
+        assert!(!p.fast_round_possible());
+        let outs = exchange(&mut p, &mut a, &[0, 1]);
+        assert!(done(&outs).remove(0).is_ok());
+        // While it stays silent, a new key goes straight to a prepare.
+        p.submit_fast("k2", Push(2)).unwrap();
+        let sent = drain(&mut p);
+        assert!(
+            sent.iter().any(|o| matches!(
+                o,
+                Output::Send {
+                    request: Request::Prepare { .. },
+                    ..
+                }
+            )),
+            "{sent:?}"
+        );
+        for o in sent {
+            if let Output::Send { to, request } = o {
+                let reply = a[to].handle(request);
+                p.on_reply(to, reply);
+            }
+        }
+        // Acceptor 2 answered that prepare: fast rounds are back.
+        assert!(p.fast_round_possible());
+        exchange(&mut p, &mut a, &[0, 1, 2]);
+        p.submit_fast("k3", Push(3)).unwrap();
+        let outs = exchange(&mut p, &mut a, &[0, 1, 2]);
+        assert_eq!(done(&outs).remove(0).unwrap().round_trips, 1);
     }
 }
