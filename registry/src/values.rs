@@ -439,18 +439,19 @@ impl RegistryChange {
                         let finishes = t.from.is_none();
                         if user.committed(&t) && !finishes {
                             (keep(), Outcome::Committed { user })
-                        } else if finishes {
-                            let next = UserIds {
+                        } else {
+                            let held = UserIds {
                                 held: t.target(),
-                                pending: None,
-                                last_finished: Some((t, true)),
                                 ..user.clone()
                             };
-                            (Some(encode_user(&next)), Outcome::Committed { user })
-                        } else {
-                            let next = UserIds {
-                                held: t.target(),
-                                ..user.clone()
+                            let next = if finishes {
+                                UserIds {
+                                    pending: None,
+                                    last_finished: Some((t, true)),
+                                    ..held
+                                }
+                            } else {
+                                held
                             };
                             (Some(encode_user(&next)), Outcome::Committed { user })
                         }

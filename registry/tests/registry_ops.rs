@@ -525,58 +525,57 @@ fn a_damaged_value_is_reported_not_overwritten() {
     assert!(err.to_string().contains("does not decode"), "{err}");
 }
 
-/// Runs `op` on `registry`, delivering everything at once; returns the answer and how many
-/// requests of each kind (prepare, accept, fast accept) it had sent to acceptor 0 when it
-/// answered.
+/// A registry that counts the requests it sends to acceptor 0 (prepare, accept, fast accept),
+/// and hands each answer out with the counts at the moment it came.
+struct Counting<'a> {
+    registry: &'a mut Registry,
+    sent: [u32; 3],
+}
+
+impl Client for Counting<'_> {
+    type Done = (Result<Answer, RegistryError>, [u32; 3]);
+    fn on_reply(&mut self, from: usize, reply: homeport_registry::paxos::Reply) {
+        self.registry.on_reply(from, reply)
+    }
+    fn on_timer(&mut self, timer: homeport_registry::paxos::proposer::TimerId) {
+        self.registry.on_timer(timer)
+    }
+    fn poll(&mut self) -> Option<ClientOut<Self::Done>> {
+        Some(match self.registry.poll()? {
+            ClientOut::Send { to, request } => {
+                if to == 0 {
+                    self.sent[match request {
+                        Request::Prepare { .. } => 0,
+                        Request::Accept { .. } => 1,
+                        Request::FastAccept { .. } => 2,
+                    }] += 1;
+                }
+                ClientOut::Send { to, request }
+            }
+            ClientOut::Done((_, result)) => ClientOut::Done((result, self.sent)),
+            ClientOut::SetTimer { timer, after_ms } => ClientOut::SetTimer { timer, after_ms },
+            ClientOut::CancelTimer { timer } => ClientOut::CancelTimer { timer },
+        })
+    }
+}
+
+/// Runs `op` on `registry` with [`Cluster::drive`]; returns the answer and how many requests
+/// of each kind (prepare, accept, fast accept) it had sent to acceptor 0 when it answered.
 fn run_counting(
     acceptors: &mut [Acceptor<MemStorage>],
     registry: &mut Registry,
     op: Operation,
 ) -> (Result<Answer, RegistryError>, [u32; 3]) {
-    let mut sent = [0u32; 3];
-    let mut inbox = std::collections::VecDeque::new();
-    let mut answer = None;
-    let mut timers = std::collections::BTreeSet::new();
-    let id = registry.submit(op).unwrap();
-    loop {
-        while let Some(out) = registry.poll_output() {
-            match out {
-                RegistryOutput::Send { to, request } => {
-                    if to == 0 {
-                        sent[match request {
-                            Request::Prepare { .. } => 0,
-                            Request::Accept { .. } => 1,
-                            Request::FastAccept { .. } => 2,
-                        }] += 1;
-                    }
-                    let reply = acceptors[to].handle(request);
-                    inbox.push_back((to, reply));
-                }
-                RegistryOutput::Done { request, result } => {
-                    assert_eq!(request, id);
-                    assert!(answer.is_none(), "one answer per operation");
-                    answer = Some((result, sent));
-                }
-                RegistryOutput::SetTimer { timer, .. } => {
-                    timers.insert(timer);
-                }
-                RegistryOutput::CancelTimer { timer } => {
-                    timers.remove(&timer);
-                }
-            }
-        }
-        if let Some((from, reply)) = inbox.pop_front() {
-            registry.on_reply(from, reply);
-        } else if let Some(timer) = timers.pop_first() {
-            // Only when nothing else is left: e.g. the held-back commit behind an early answer.
-            registry.on_timer(timer);
-        } else {
-            break;
-        }
-    }
+    registry.submit(op).unwrap();
+    let mut counting = Counting {
+        registry,
+        sent: [0; 3],
+    };
+    let mut done = Cluster::drive(acceptors, &mut counting);
+    assert_eq!(done.len(), 1, "one answer per operation: {done:?}");
     // Background work after an early answer has ended too.
-    assert_eq!(registry.pending_operations(), 0);
-    answer.expect("the operation was answered")
+    assert_eq!(counting.registry.pending_operations(), 0);
+    done.remove(0)
 }
 
 #[test]
