@@ -490,9 +490,9 @@ impl Registry {
                 .push_back(RegistryOutput::CancelTimer { timer });
         }
         for (request, p) in std::mem::take(&mut self.deferred) {
-            if self.running.contains_key(&request) {
-                self.advance(request, Step::Propose(p));
-            }
+            // A held-back proposal's operation waits for it: it cannot have ended.
+            debug_assert!(self.running.contains_key(&request));
+            self.advance(request, Step::Propose(p));
         }
     }
 
@@ -842,9 +842,9 @@ fn unexpected(key: &str, outcome: &Outcome) -> RegistryError {
 /// How long background work (the commit behind an early answer) may wait for another proposal
 /// to travel with: at one claim at a time, the next claim comes well within this, and the two
 /// then share every acceptor's fsync instead of queueing behind each other.
-pub const DEFER_BACKGROUND_MS: u64 = 2;
+const DEFER_BACKGROUND_MS: u64 = 2;
 /// Most background proposals held back at once; more are sent at once.
-pub const MAX_DEFERRED: usize = 1024;
+const MAX_DEFERRED: usize = 1024;
 /// The registry's own timer (the proposer numbers its operations from 0 upwards).
 const DEFER_TIMER_OP: OpId = OpId(u64::MAX);
 

@@ -15,8 +15,8 @@ use homeport_registry::registry::{
 };
 use homeport_registry::storage::MemStorage;
 use homeport_registry::values::{
-    Goal, HomeEntry, OpTag, Outcome, RegistryChange, Transition, decode_reservation, decode_user,
-    user_key, wxid_key,
+    Goal, HomeEntry, OpTag, Outcome, RegistryChange, Transition, UserIds, decode_reservation,
+    decode_user, user_key, wxid_key,
 };
 
 struct Cluster {
@@ -100,6 +100,23 @@ impl Cluster {
             Outcome::Began(t) => t,
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Step 2 of a transition by hand: `wxid` reserved for `(uid, transition)`.
+    fn reserve(&mut self, wxid: &str, uid: &str, transition: u64) {
+        let change = RegistryChange::Reserve {
+            uid: uid.into(),
+            transition,
+        };
+        assert_eq!(self.change(&wxid_key(wxid), change), Outcome::Reserved);
+    }
+
+    /// The user's record as chosen now (read by a throwaway proposer).
+    fn user_record(&mut self, uid: &str) -> UserIds {
+        let Outcome::Read(record) = self.change(&user_key(uid), RegistryChange::Read) else {
+            panic!("a read answers the record")
+        };
+        decode_user(record.as_ref()).unwrap()
     }
 
     fn lookup(&mut self, wxid: &str) -> WxidStatus {
@@ -271,13 +288,7 @@ fn home_directory_is_compare_and_set() {
 fn a_claim_that_died_after_reserving_is_claiming_then_rolled_forward() {
     let mut c = Cluster::new();
     let t = c.begin("u1", Goal::Claim("szdy01".into()));
-    c.change(
-        &wxid_key("szdy01"),
-        RegistryChange::Reserve {
-            uid: "u1".into(),
-            transition: t.id,
-        },
-    );
+    c.reserve("szdy01", "u1", t.id);
     // The node died here. Others see the ID taken (the claim may still complete) ...
     assert_eq!(
         c.lookup("szdy01"),
@@ -311,13 +322,7 @@ fn asking_which_id_a_user_holds_finishes_a_claim_left_half_done() {
     // ID is already the claimed one, and the question must not say otherwise.
     let mut c = Cluster::new();
     let t = c.begin("u1", Goal::Claim("szdy01".into()));
-    c.change(
-        &wxid_key("szdy01"),
-        RegistryChange::Reserve {
-            uid: "u1".into(),
-            transition: t.id,
-        },
-    );
+    c.reserve("szdy01", "u1", t.id);
     assert_eq!(
         c.run(Operation::user_wxid("u1")),
         Ok(Answer::UserWxid {
@@ -333,13 +338,7 @@ fn the_users_next_operation_finishes_a_dead_change_first() {
     let mut c = Cluster::new();
     c.run(Operation::claim("oldid1", "u1")).unwrap();
     let t = c.begin("u1", Goal::Claim("middle1".into()));
-    c.change(
-        &wxid_key("middle1"),
-        RegistryChange::Reserve {
-            uid: "u1".into(),
-            transition: t.id,
-        },
-    );
+    c.reserve("middle1", "u1", t.id);
     // Died before committing. The user's next change completes the dead one, then its own.
     assert_eq!(
         c.run(Operation::claim("newid1", "u1")),
@@ -358,13 +357,7 @@ fn an_old_id_left_reserved_after_commit_is_free_and_not_lost() {
     let mut c = Cluster::new();
     c.run(Operation::claim("oldid1", "u1")).unwrap();
     let t = c.begin("u1", Goal::Claim("newid1".into()));
-    c.change(
-        &wxid_key("newid1"),
-        RegistryChange::Reserve {
-            uid: "u1".into(),
-            transition: t.id,
-        },
-    );
+    c.reserve("newid1", "u1", t.id);
     c.change(&user_key("u1"), RegistryChange::Commit { transition: t.id });
     // Died after committing, before releasing the old ID. The user no longer holds it: it is
     // free, and another user can have it at once (the dead reservation is cleared on the way).
@@ -387,13 +380,7 @@ fn a_reservation_made_after_its_transition_was_aborted_is_stale_and_cleared() {
     // Another node aborted the transition (it saw the ID taken, since released) ...
     c.change(&user_key("u1"), RegistryChange::Abort { transition: t.id });
     // ... and then the slow original node reserved the ID, and died.
-    c.change(
-        &wxid_key("szdy01"),
-        RegistryChange::Reserve {
-            uid: "u1".into(),
-            transition: t.id,
-        },
-    );
+    c.reserve("szdy01", "u1", t.id);
     assert_eq!(c.lookup("szdy01"), WxidStatus::Free);
     assert_eq!(
         c.run(Operation::claim("szdy01", "u2")),
@@ -411,10 +398,7 @@ fn a_release_that_died_half_way_is_finished_by_the_sweeper() {
     c.change(&user_key("u1"), RegistryChange::Commit { transition: t.id });
     // Died before releasing the ID itself: nobody holds it.
     assert_eq!(c.lookup("szdy01"), WxidStatus::Free);
-    let Outcome::Read(record) = c.change(&user_key("u1"), RegistryChange::Read) else {
-        panic!("a read answers the record")
-    };
-    let record = decode_user(record.as_ref()).unwrap();
+    let record = c.user_record("u1");
     assert_eq!(record.held, None, "u1 should hold nothing, mid-change");
     assert!(record.pending.is_some());
     assert_eq!(
@@ -670,10 +654,7 @@ fn a_reservation_made_ahead_of_its_begin_is_fenced_off_by_whoever_checks_it() {
     );
     // A lookup fences u1's record at transition 1: the reservation is stale for good.
     assert_eq!(c.lookup("szdy01"), WxidStatus::Free);
-    let Outcome::Read(record) = c.change(&user_key("u1"), RegistryChange::Read) else {
-        panic!("a read answers the record")
-    };
-    assert_eq!(decode_user(record.as_ref()).unwrap().last_transition, 1);
+    assert_eq!(c.user_record("u1").last_transition, 1);
     // So u1's late begin gets transition 2, and another user may take the ID.
     assert_eq!(
         c.run(Operation::claim("szdy01", "u2")),

@@ -434,7 +434,7 @@ impl<C: Change> Proposer<C> {
     /// trip, answered at once by every acceptor that has seen the key.
     pub fn submit_fast(&mut self, key: impl Into<String>, change: C) -> Result<OpId, SubmitError> {
         let key = key.into();
-        let fast = self.fast_round_possible() && !self.used.contains(&key);
+        let fast = self.fast_round_possible() && !self.knows_used(&key);
         self.submit_with(key, change, fast)
     }
 
@@ -638,7 +638,6 @@ impl<C: Change> Proposer<C> {
     }
 
     fn start_attempt(&mut self, id: OpId) {
-        let acceptors = self.config.acceptors;
         let piggyback = self.config.piggyback;
         let key = self.ops[&id].key.clone();
         let granted = if piggyback {
@@ -687,16 +686,18 @@ impl<C: Change> Proposer<C> {
             promises: BTreeMap::new(),
             refused: BTreeMap::new(),
         };
-        for to in 0..acceptors {
+        self.send_to_all(Request::Prepare { key, ballot });
+        self.arm_timer(id, self.config.round_timeout_ms);
+    }
+
+    /// Every round asks every acceptor (a majority answers, or all in the fast round).
+    fn send_to_all(&mut self, request: Request) {
+        for to in 0..self.config.acceptors {
             self.outputs.push_back(Output::Send {
                 to,
-                request: Request::Prepare {
-                    key: key.clone(),
-                    ballot,
-                },
+                request: request.clone(),
             });
         }
-        self.arm_timer(id, self.config.round_timeout_ms);
     }
 
     fn after_promises(&mut self, id: OpId) {
@@ -773,16 +774,12 @@ impl<C: Change> Proposer<C> {
             after: after.clone(),
             acks: BTreeSet::new(),
         };
-        for to in 0..self.config.acceptors {
-            self.outputs.push_back(Output::Send {
-                to,
-                request: Request::FastAccept {
-                    key: op.key.clone(),
-                    ballot,
-                    register: after.clone(),
-                },
-            });
-        }
+        let request = Request::FastAccept {
+            key: op.key.clone(),
+            ballot,
+            register: after,
+        };
+        self.send_to_all(request);
         self.arm_timer(id, self.config.round_timeout_ms);
     }
 
@@ -827,17 +824,13 @@ impl<C: Change> Proposer<C> {
             acks: BTreeSet::new(),
             refused: BTreeMap::new(),
         };
-        for to in 0..self.config.acceptors {
-            self.outputs.push_back(Output::Send {
-                to,
-                request: Request::Accept {
-                    key: op.key.clone(),
-                    ballot,
-                    register: after.clone(),
-                    promise_next,
-                },
-            });
-        }
+        let request = Request::Accept {
+            key: op.key.clone(),
+            ballot,
+            register: after,
+            promise_next,
+        };
+        self.send_to_all(request);
         self.arm_timer(id, self.config.round_timeout_ms);
     }
 
