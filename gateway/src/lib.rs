@@ -16,11 +16,11 @@ mod h1;
 pub mod homes;
 mod proxy;
 pub mod routes;
+mod server;
 mod service;
 pub mod ticket;
 pub mod wechat_ids;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -28,15 +28,14 @@ use std::time::Duration;
 
 use homeport_config::{Deployment, HomeRule, TicketKeySource};
 use homeport_wire::{self as wire, Identity};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::sync::watch;
 
 pub use proxy::USER_HEADER;
 pub use service::{FORWARDED_FROM_HEADER, HOME_REGION_HEADER};
 
-use crate::service::{Gateway, Via};
+use crate::service::Gateway;
 
 /// How long shutdown waits for in-flight requests to finish.
 const SHUTDOWN_DRAIN_MS: u64 = 10_000;
@@ -48,7 +47,7 @@ const LISTEN_BACKLOG: i32 = 4096;
 const VERIFIED_TICKET_CACHE_ENTRIES: usize = 65_536;
 /// Idle HTTP/1.1 keep-alive connections from clients are closed after this long without a
 /// request header.
-const HEADER_READ_TIMEOUT_MS: u64 = 30_000;
+pub(crate) const HEADER_READ_TIMEOUT_MS: u64 = 30_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -424,27 +423,29 @@ fn run_http_worker(
     let _ = done.send(());
 }
 
-/// The accept loop: HTTP/1.1 and h2c (prior knowledge) on the same port, each connection
-/// watched so shutdown can let in-flight requests finish.
 /// What one HTTP worker thread's requests share. Each request clones this `Arc`, whose count
 /// only this thread touches, rather than the gateway's, whose count both threads would bounce
 /// between their caches on every request.
-struct Worker {
-    gateway: Arc<Gateway>,
-    upstreams: proxy::Upstreams,
+pub(crate) struct Worker {
+    pub gateway: Arc<Gateway>,
+    pub upstreams: proxy::Upstreams,
 }
 
+/// The accept loop: HTTP/1.1 and h2c on the same port (`server.rs`), each connection tracked
+/// so shutdown can let in-flight requests finish.
 async fn serve_http(
     listener: tokio::net::TcpListener,
     worker: Arc<Worker>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // For what the gateway's own loop hands over (h2c, streaming request bodies, HTTP/1.0).
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = Arc::new(builder);
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -459,35 +460,19 @@ async fn serve_http(
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn_worker = worker.clone();
-        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let w = conn_worker.clone();
-            async move {
-                let req = req.map(body::incoming);
-                Ok::<_, Infallible>(
-                    w.gateway
-                        .handle(req, client, Via::Client, &w.upstreams)
-                        .await,
-                )
-            }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let watched = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = watched.await {
-                tracing::debug!(%client, error = %e, "HTTP connection ended with an error");
-            }
-        });
+        connections.spawn(server::serve(
+            stream,
+            client,
+            worker.clone(),
+            stop.clone(),
+            builder.clone(),
+        ));
     }
     drop(listener);
-    if tokio::time::timeout(
-        Duration::from_millis(SHUTDOWN_DRAIN_MS),
-        graceful.shutdown(),
-    )
-    .await
-    .is_err()
+    connections.close();
+    if tokio::time::timeout(Duration::from_millis(SHUTDOWN_DRAIN_MS), connections.wait())
+        .await
+        .is_err()
     {
         tracing::warn!("some HTTP connections were still busy when the drain time ran out");
     }

@@ -190,6 +190,7 @@ async fn serve(req: Request<Incoming>, requests: Arc<AtomicU64>) -> Response<Box
             let v = serde_json::json!({
                 "method": req.method().as_str(),
                 "version": format!("{:?}", req.version()),
+                "query": query,
                 "headers": headers,
             });
             Response::new(full(v.to_string()))
