@@ -108,11 +108,28 @@ pub(crate) struct Head {
     pub headers: HeaderMap,
 }
 
-/// Parses a response head from the front of `buf` and removes it; `Ok(None)` until it is
-/// complete. Field values share the buffer's bytes (no copy).
-pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut fields);
+/// A response head parsed in place: its fields borrow the read buffer (nothing copied yet).
+pub(crate) struct HeadView<'b, 'h> {
+    pub status: StatusCode,
+    /// HTTP/1.0 answers are not kept alive unless they say so.
+    pub minor_version: u8,
+    pub fields: &'h [httparse::Header<'b>],
+    /// Bytes of the head, up to and including the empty line.
+    pub len: usize,
+}
+
+impl HeadView<'_, '_> {
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields.iter().map(|f| (f.name.as_bytes(), f.value))
+    }
+}
+
+/// Parses a response head at the front of `buf`; `Ok(None)` until it is complete.
+fn parse_view<'b, 'h>(
+    buf: &'b [u8],
+    storage: &'h mut [httparse::Header<'b>],
+) -> Result<Option<HeadView<'b, 'h>>, H1Error> {
+    let mut resp = httparse::Response::new(storage);
     let len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
@@ -128,17 +145,33 @@ pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
     let code = resp.code.unwrap_or(0);
     let status = StatusCode::from_u16(code)
         .map_err(|_| H1Error::Invalid(format!("status {code} is not a valid status code")))?;
-    let minor_version = resp.version.unwrap_or(1);
+    Ok(Some(HeadView {
+        status,
+        minor_version: resp.version.unwrap_or(1),
+        fields: resp.headers,
+        len,
+    }))
+}
+
+/// Parses a response head from the front of `buf` and removes it; `Ok(None)` until it is
+/// complete. Field values share the buffer's bytes (no copy).
+pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
     // Offsets (name start, name end, value start, value end) into the buffer, on the stack (no
     // allocation), so the values can share its bytes once it is frozen.
-    let base = buf.as_ptr() as usize;
     let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_RESPONSE_HEADERS];
-    let count = resp.headers.len();
-    for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
-        let name = f.name.as_ptr() as usize - base;
-        let value = f.value.as_ptr() as usize - base;
-        *span = (name, name + f.name.len(), value, value + f.value.len());
-    }
+    let (status, minor_version, len, count) = {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let Some(view) = parse_view(buf, &mut storage)? else {
+            return Ok(None);
+        };
+        let base = buf.as_ptr() as usize;
+        for (span, f) in spans.iter_mut().zip(view.fields.iter()) {
+            let name = f.name.as_ptr() as usize - base;
+            let value = f.value.as_ptr() as usize - base;
+            *span = (name, name + f.name.len(), value, value + f.value.len());
+        }
+        (view.status, view.minor_version, view.len, view.fields.len())
+    };
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     for &(name_start, name_end, value_start, value_end) in spans.iter().take(count) {
@@ -155,6 +188,13 @@ pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
     }))
 }
 
+/// A parsed [`Head`]'s fields as the raw pairs the framing rules read.
+fn head_fields(head: &Head) -> impl Iterator<Item = (&[u8], &[u8])> {
+    head.headers
+        .iter()
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+}
+
 /// How a response body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Framing {
@@ -166,19 +206,32 @@ pub(crate) enum Framing {
 }
 
 pub(crate) fn framing(method: &Method, head: &Head) -> Result<Framing, H1Error> {
-    let s = head.status.as_u16();
+    framing_of(method, head.status, || head_fields(head))
+}
+
+/// [`framing`] from raw fields (the proxy's short path reads them in place); `fields` makes a
+/// fresh iterator over them each time it is called.
+pub(crate) fn framing_of<'a, I>(
+    method: &Method,
+    status: StatusCode,
+    fields: impl Fn() -> I,
+) -> Result<Framing, H1Error>
+where
+    I: Iterator<Item = (&'a [u8], &'a [u8])>,
+{
+    let s = status.as_u16();
     if method == Method::HEAD || (100..200).contains(&s) || s == 204 || s == 304 {
         return Ok(Framing::None);
     }
-    let mut te = head.headers.get_all(header::TRANSFER_ENCODING).iter();
-    if let Some(first) = te.next() {
-        // Chunked must be the last coding; anything else runs until close.
-        let last = te.next_back().unwrap_or(first);
+    // Chunked must be the last coding; anything else runs until close.
+    let last_coding = fields()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"transfer-encoding"))
+        .last();
+    if let Some((_, last)) = last_coding {
         let chunked = last
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+            .rsplit(|b| *b == b',')
+            .next()
+            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         return Ok(if chunked {
             Framing::Chunked
         } else {
@@ -186,11 +239,17 @@ pub(crate) fn framing(method: &Method, head: &Head) -> Result<Framing, H1Error> 
         });
     }
     let mut length = None;
-    for v in head.headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.to_str().unwrap_or("").split(',') {
-            let n: u64 = part.trim().parse().map_err(|_| {
-                H1Error::Invalid(format!("Content-Length {v:?} is not a number of bytes"))
-            })?;
+    for (_, v) in fields().filter(|(n, _)| n.eq_ignore_ascii_case(b"content-length")) {
+        for part in v.split(|b| *b == b',') {
+            let n: u64 = std::str::from_utf8(part)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .ok_or_else(|| {
+                    H1Error::Invalid(format!(
+                        "Content-Length {:?} is not a number of bytes",
+                        String::from_utf8_lossy(v)
+                    ))
+                })?;
             if length.is_some_and(|l| l != n) {
                 return Err(H1Error::Invalid("conflicting Content-Length fields".into()));
             }
@@ -205,16 +264,24 @@ pub(crate) fn framing(method: &Method, head: &Head) -> Result<Framing, H1Error> 
 
 /// Whether the connection may carry another request once this response is complete.
 pub(crate) fn keep_alive(head: &Head) -> bool {
+    keep_alive_of(head.minor_version, head_fields(head))
+}
+
+/// [`keep_alive`] from raw fields.
+pub(crate) fn keep_alive_of<'a>(
+    minor_version: u8,
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> bool {
     let mut close = false;
     let mut keep = false;
-    for v in head.headers.get_all(header::CONNECTION) {
-        for token in v.to_str().unwrap_or("").split(',') {
-            let t = token.trim();
-            close |= t.eq_ignore_ascii_case("close");
-            keep |= t.eq_ignore_ascii_case("keep-alive");
+    for (_, v) in fields.filter(|(n, _)| n.eq_ignore_ascii_case(b"connection")) {
+        for token in v.split(|b| *b == b',') {
+            let t = token.trim_ascii();
+            close |= t.eq_ignore_ascii_case(b"close");
+            keep |= t.eq_ignore_ascii_case(b"keep-alive");
         }
     }
-    !close && (head.minor_version >= 1 || keep)
+    !close && (minor_version >= 1 || keep)
 }
 
 /// One step of body decoding.
@@ -535,17 +602,16 @@ impl Pool {
         })
     }
 
-    /// Sends one request (head and body in one write, made by `encode`) and returns the answer; its body streams
-    /// from the connection, which goes back to the pool once the body is read. A pooled
-    /// connection the upstream closed meanwhile is retried once on a new one: for idempotent
-    /// methods when no answer byte came back, for others only when a check just before
-    /// sending found it closed.
-    pub async fn send(
+    /// Sends one request (head and body in one write, made by `encode`) and waits for the
+    /// first bytes of the answer. A pooled connection the upstream closed meanwhile is retried
+    /// once on a new one: for idempotent methods when no answer byte came back, for others only
+    /// when a check just before sending found it closed.
+    async fn request(
         &self,
         authority: &Authority,
         method: &Method,
         encode: impl Fn(&mut Vec<u8>),
-    ) -> Result<Response<Body>, H1Error> {
+    ) -> Result<Conn, H1Error> {
         let idempotent = matches!(
             *method,
             Method::GET
@@ -577,12 +643,89 @@ impl Pool {
             };
             conn.out.clear();
             encode(&mut conn.out);
-            match exchange(&mut conn, method).await {
-                Ok((head, framing)) => {
-                    return Ok(self.response(authority, conn, head, framing).await);
+            debug_assert!(
+                conn.buf.is_empty(),
+                "a pooled connection has nothing unread"
+            );
+            let first = match conn.stream.write_all(&conn.out).await {
+                Ok(()) => conn.read_more().await,
+                Err(e) => Err(e),
+            };
+            match first {
+                Ok(n) if n > 0 => return Ok(conn),
+                Ok(_) if reused && idempotent => fresh = true,
+                Ok(_) => return Err(H1Error::Closed),
+                Err(_) if reused && idempotent => fresh = true,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Sends one request (see [`Pool::request`]) and returns the answer; its body streams from
+    /// the connection, which goes back to the pool once the body is read.
+    pub async fn send(
+        &self,
+        authority: &Authority,
+        method: &Method,
+        encode: impl Fn(&mut Vec<u8>),
+    ) -> Result<Response<Body>, H1Error> {
+        let mut conn = self.request(authority, method, encode).await?;
+        loop {
+            while let Some(head) = parse_head(&mut conn.buf)? {
+                if head.status.is_informational() {
+                    informational(head.status)?;
+                    continue;
                 }
-                Err(Failure::BeforeAnswer(_)) if reused && idempotent => fresh = true,
-                Err(Failure::BeforeAnswer(e)) | Err(Failure::After(e)) => return Err(e),
+                let framing = framing(method, &head)?;
+                return Ok(self.response(authority, conn, head, framing).await);
+            }
+            if conn.read_more().await? == 0 {
+                return Err(H1Error::Closed);
+            }
+        }
+    }
+
+    /// The proxy's short path: sends one request (see [`Pool::request`]) and, when the answer
+    /// has no body or a small one of known length, puts it into `out` for the client: the head
+    /// as `write_head` makes it from the upstream's fields read in place, then the body. No
+    /// header map, no response object. An answer that must stream takes [`Pool::send`]'s way.
+    pub async fn send_small(
+        &self,
+        authority: &Authority,
+        method: &Method,
+        encode: impl Fn(&mut Vec<u8>),
+        out: &mut Vec<u8>,
+        write_head: impl Fn(&HeadView<'_, '_>, &mut Vec<u8>),
+    ) -> Result<Small, H1Error> {
+        let mut conn = self.request(authority, method, encode).await?;
+        loop {
+            match small_step(&conn.buf, method, out, &write_head)? {
+                SmallStep::NeedMore => {
+                    if conn.read_more().await? == 0 {
+                        return Err(H1Error::Closed);
+                    }
+                }
+                SmallStep::Skip(len) => conn.buf.advance(len),
+                SmallStep::Written {
+                    status,
+                    consumed,
+                    reusable,
+                } => {
+                    conn.buf.advance(consumed);
+                    if reusable {
+                        self.checkin(authority, conn);
+                    }
+                    return Ok(Small::Written(status));
+                }
+                SmallStep::Streams => {
+                    let Some(head) = parse_head(&mut conn.buf)? else {
+                        return Err(H1Error::Invalid("a complete head parsed twice".into()));
+                    };
+                    let framing = framing(method, &head)?;
+                    return Ok(Small::Streams(
+                        self.response(authority, conn, head, framing).await,
+                    ));
+                }
             }
         }
     }
@@ -636,39 +779,71 @@ impl Pool {
     }
 }
 
-/// Where an exchange failed: before any byte of an answer (the request may be retried on a
-/// fresh connection), or after.
-enum Failure {
-    BeforeAnswer(H1Error),
-    After(H1Error),
+/// What [`Pool::send_small`] did.
+pub(crate) enum Small {
+    /// The answer is in `out`, whole.
+    Written(StatusCode),
+    /// The answer's body is large or of unknown length: it streams.
+    Streams(Response<Body>),
 }
 
-async fn exchange(conn: &mut Conn, method: &Method) -> Result<(Head, Framing), Failure> {
-    conn.stream
-        .write_all(&conn.out)
-        .await
-        .map_err(|e| Failure::BeforeAnswer(e.into()))?;
-    loop {
-        match conn.read_more().await {
-            Ok(0) if conn.buf.is_empty() => return Err(Failure::BeforeAnswer(H1Error::Closed)),
-            Ok(0) => return Err(Failure::After(H1Error::Closed)),
-            Ok(_) => {}
-            Err(e) if conn.buf.is_empty() => return Err(Failure::BeforeAnswer(e.into())),
-            Err(e) => return Err(Failure::After(e.into())),
-        }
-        while let Some(head) = parse_head(&mut conn.buf).map_err(Failure::After)? {
-            if head.status.is_informational() {
-                if head.status == StatusCode::SWITCHING_PROTOCOLS {
-                    return Err(Failure::After(H1Error::Invalid(
-                        "101 Switching Protocols to a request that asked for no upgrade".into(),
-                    )));
-                }
-                continue;
-            }
-            let framing = framing(method, &head).map_err(Failure::After)?;
-            return Ok((head, framing));
-        }
+/// One look at what has arrived of a short-path answer.
+enum SmallStep {
+    NeedMore,
+    /// An informational (1xx) head of this many bytes, to pass over.
+    Skip(usize),
+    Written {
+        status: StatusCode,
+        consumed: usize,
+        reusable: bool,
+    },
+    Streams,
+}
+
+/// Parses what `buf` holds of an answer in place (the header storage lives only here, never in
+/// a future) and writes it into `out` once head and body are complete.
+fn small_step(
+    buf: &[u8],
+    method: &Method,
+    out: &mut Vec<u8>,
+    write_head: &impl Fn(&HeadView<'_, '_>, &mut Vec<u8>),
+) -> Result<SmallStep, H1Error> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let Some(view) = parse_view(buf, &mut storage)? else {
+        return Ok(SmallStep::NeedMore);
+    };
+    if view.status.is_informational() {
+        informational(view.status)?;
+        return Ok(SmallStep::Skip(view.len));
     }
+    let body = match framing_of(method, view.status, || view.fields())? {
+        Framing::None => 0,
+        Framing::Length(n) if n <= crate::proxy::SMALL_BODY_BYTES => {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        }
+        _ => return Ok(SmallStep::Streams),
+    };
+    let consumed = view.len + body;
+    if buf.len() < consumed {
+        return Ok(SmallStep::NeedMore);
+    }
+    write_head(&view, out);
+    out.extend_from_slice(&buf[view.len..consumed]);
+    Ok(SmallStep::Written {
+        status: view.status,
+        consumed,
+        reusable: keep_alive_of(view.minor_version, view.fields()),
+    })
+}
+
+/// A 1xx answer is passed over, except 101: nothing here asked for an upgrade.
+fn informational(status: StatusCode) -> Result<(), H1Error> {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(H1Error::Invalid(
+            "101 Switching Protocols to a request that asked for no upgrade".into(),
+        ));
+    }
+    Ok(())
 }
 
 async fn read_small(conn: &mut Conn, decoder: &mut Decoder) -> Result<Bytes, H1Error> {

@@ -107,20 +107,31 @@ impl CachedHomes {
         g.young.insert(uid.to_string(), home);
     }
 
+    /// A cache hit: `f` of the home (an old-generation hit is promoted).
+    fn cached<R>(&self, uid: &str, f: impl FnOnce(&str) -> R) -> Option<R> {
+        let mut g = self.lock();
+        if let Some(home) = g.young.get(uid) {
+            self.hits.increment(1);
+            return Some(f(home));
+        }
+        let home = g.old.remove(uid)?;
+        self.hits.increment(1);
+        let r = f(&home);
+        self.insert(&mut g, uid, home);
+        Some(r)
+    }
+
+    /// Whether the cache says `uid` lives in `region`; `None` when it does not know (no
+    /// resolver call: the full path fills the cache).
+    pub fn cached_home_is(&self, uid: &str, region: &str) -> Option<bool> {
+        self.cached(uid, |home| home == region)
+    }
+
     /// Users with no home are not cached: they are rare (typos, attacks) and must not push
     /// real users out.
     pub async fn home_of(&self, uid: &str) -> Result<Option<String>, HomeError> {
-        {
-            let mut g = self.lock();
-            if let Some(home) = g.young.get(uid) {
-                self.hits.increment(1);
-                return Ok(Some(home.clone()));
-            }
-            if let Some(home) = g.old.remove(uid) {
-                self.hits.increment(1);
-                self.insert(&mut g, uid, home.clone());
-                return Ok(Some(home));
-            }
+        if let Some(home) = self.cached(uid, str::to_owned) {
+            return Ok(Some(home));
         }
         self.misses.increment(1);
         let found = self.inner.home_of(uid).await?;

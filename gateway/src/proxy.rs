@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -38,83 +38,286 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
+/// Whether a field never crosses this proxy whatever `Connection` says: the fixed hop-by-hop
+/// fields and the `Proxy-*` family. `name` in any case.
+fn fixed_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
+}
+
+/// Whether one of the `Connection` values names `name` (such a field is about this hop only).
+fn named_by_connection<'a>(name: &[u8], connection: impl Iterator<Item = &'a [u8]>) -> bool {
+    connection
+        .flat_map(|v| v.split(|b| *b == b','))
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
+}
+
+/// Whether a field of `fields` must not be passed on by this proxy (RFC 9110 §7.6.1).
+fn hop_by_hop_in<'a, I>(name: &[u8], fields: &impl Fn() -> I) -> bool
+where
+    I: Iterator<Item = (&'a [u8], &'a [u8])>,
+{
+    fixed_hop_by_hop(name)
+        || named_by_connection(
+            name,
+            fields()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+                .map(|(_, v)| v),
+        )
+}
+
 /// Removes hop-by-hop fields: the fixed ones, every `Proxy-*` field, and the fields the
 /// `Connection` header names (which are about this hop only).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-    let proxy: Vec<HeaderName> = headers
+    let gone: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("proxy-"))
+        .filter(|k| {
+            fixed_hop_by_hop(k.as_str().as_bytes())
+                || named_by_connection(
+                    k.as_str().as_bytes(),
+                    headers
+                        .get_all(header::CONNECTION)
+                        .iter()
+                        .map(HeaderValue::as_bytes),
+                )
+        })
         .cloned()
         .collect();
-    for name in proxy {
+    for name in gone {
         headers.remove(name);
     }
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// Appends this hop to `X-Forwarded-For` and `Forwarded` (RFC 7239), keeping earlier hops.
-/// Each value is written once into a buffer of its exact size, which the header then owns (one
-/// allocation, no copy or regrowth): this runs on every proxied request.
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>) {
+/// Whether an earlier hop's `X-Forwarded-For` / `Forwarded` value is kept: visible ASCII only
+/// (what a header value's `to_str` accepts), and not empty.
+fn usable_hop(v: &[u8]) -> bool {
+    !v.is_empty() && v.iter().all(|b| *b == b'\t' || (b' '..=b'~').contains(b))
+}
+
+/// The client's address as text, on the stack ("[" + an IPv6 address + "]" fits in 64).
+fn ip_text(client: SocketAddr, buf: &mut [u8; 64]) -> &[u8] {
     use std::io::Write as _;
-    // "for=\"[" + an IPv6 address (at most 45 bytes) + "]\";proto=http" fits in 64.
-    let mut this_hop = [0u8; 64];
-    let ip_len = {
-        let mut w = &mut this_hop[..];
+    let len = {
+        let mut w = &mut buf[..];
         let _ = write!(w, "{}", client.ip());
         64 - w.len()
     };
-    let ip = &this_hop[..ip_len];
-    let previous = |headers: &HeaderMap, name: &HeaderName| -> Option<HeaderValue> {
-        headers
-            .get(name)
-            .filter(|p| !p.is_empty() && p.to_str().is_ok())
-            .cloned()
-    };
-    let joined = |previous: Option<HeaderValue>, parts: &[&[u8]]| -> Option<HeaderValue> {
-        let len: usize = previous.as_ref().map_or(0, |p| p.len() + 2)
-            + parts.iter().map(|p| p.len()).sum::<usize>();
-        let mut out = Vec::with_capacity(len);
-        if let Some(p) = &previous {
-            out.extend_from_slice(p.as_bytes());
-            out.extend_from_slice(b", ");
-        }
-        for p in parts {
-            out.extend_from_slice(p);
-        }
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
-    };
-    if let Some(v) = joined(previous(headers, &X_FORWARDED_FOR), &[ip]) {
-        headers.insert(X_FORWARDED_FOR, v);
+    &buf[..len]
+}
+
+/// This hop's `X-Forwarded-For` value: the earlier hops' values, then the client.
+fn write_x_forwarded_for<'a>(
+    previous: impl Iterator<Item = &'a [u8]>,
+    ip: &[u8],
+    out: &mut Vec<u8>,
+) {
+    for p in previous.filter(|p| usable_hop(p)) {
+        out.extend_from_slice(p);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(ip);
+}
+
+/// This hop's `Forwarded` value (RFC 7239): the earlier hops' elements, then this one.
+fn write_forwarded<'a>(
+    previous: impl Iterator<Item = &'a [u8]>,
+    client: SocketAddr,
+    ip: &[u8],
+    host: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) {
+    for p in previous.filter(|p| usable_hop(p)) {
+        out.extend_from_slice(p);
+        out.extend_from_slice(b", ");
     }
     let (open, close): (&[u8], &[u8]) = match client.ip() {
         std::net::IpAddr::V4(_) => (b"for=", b";proto=http"),
         std::net::IpAddr::V6(_) => (b"for=\"[", b"]\";proto=http"),
     };
-    let host = host
-        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
-        .map(str::as_bytes);
-    let forwarded = match host {
-        Some(h) => joined(
-            previous(headers, &header::FORWARDED),
-            &[open, ip, close, b";host=\"", h, b"\""],
-        ),
-        None => joined(previous(headers, &header::FORWARDED), &[open, ip, close]),
-    };
-    if let Some(v) = forwarded {
-        headers.insert(header::FORWARDED, v);
+    out.extend_from_slice(open);
+    out.extend_from_slice(ip);
+    out.extend_from_slice(close);
+    if let Some(h) = host.filter(|h| h.iter().all(|b| b.is_ascii_graphic() && *b != b'"')) {
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(h);
+        out.extend_from_slice(b"\"");
     }
+}
+
+/// Appends this hop to `X-Forwarded-For` and `Forwarded` (RFC 7239), keeping earlier hops.
+/// Each value is written once into a buffer that the header then owns.
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>) {
+    let mut ip_buf = [0u8; 64];
+    let ip = ip_text(client, &mut ip_buf);
+    let mut xff = Vec::with_capacity(64);
+    write_x_forwarded_for(
+        headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .map(HeaderValue::as_bytes),
+        ip,
+        &mut xff,
+    );
+    let mut fwd = Vec::with_capacity(96);
+    write_forwarded(
+        headers
+            .get_all(header::FORWARDED)
+            .iter()
+            .map(HeaderValue::as_bytes),
+        client,
+        ip,
+        host.map(str::as_bytes),
+        &mut fwd,
+    );
+    for (name, value) in [(X_FORWARDED_FOR, xff), (header::FORWARDED, fwd)] {
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+            headers.insert(name, v);
+        }
+    }
+}
+
+/// Adapts a request's fields for one more hop: hop-by-hop fields out, `Host` for the upstream
+/// (HTTP/1.1; for h2 the client derives `:authority` from the URI), this hop in
+/// `X-Forwarded-For` and `Forwarded` with the client's original host.
+fn adapt_headers(
+    headers: &mut HeaderMap,
+    uri_authority: Option<&Authority>,
+    target: &Target,
+    protocol: Protocol,
+    client: SocketAddr,
+) {
+    // A HeaderValue clone shares its bytes; only an absolute-form target (no Host) copies.
+    let original_host = headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| uri_authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    strip_hop_by_hop(headers);
+    headers.remove(header::HOST);
+    if protocol == Protocol::Http1
+        && let Some(h) = &target.host
+    {
+        headers.insert(header::HOST, h.clone());
+    }
+    let original_host = original_host.as_ref().and_then(|h| h.to_str().ok());
+    add_forwarded(headers, client, original_host);
+}
+
+/// The upstream request of the proxy's short path, written straight from the client's fields
+/// read in place: what [`Upstreams::send`] does to a header map (hop-by-hop fields and
+/// `Expect` out, `Host` for the upstream, the checked user, this hop in `X-Forwarded-For` and
+/// `Forwarded`, the body's length), without building one.
+#[allow(clippy::too_many_arguments)]
+fn encode_short_request<'a, I>(
+    method: &[u8],
+    target: &[u8],
+    fields: &impl Fn() -> I,
+    upstream: &Target,
+    user: Option<&HeaderValue>,
+    client: SocketAddr,
+    body: &[u8],
+    out: &mut Vec<u8>,
+) where
+    I: Iterator<Item = (&'a [u8], &'a [u8])>,
+{
+    const REPLACED: [&[u8]; 6] = [
+        b"host",
+        b"expect",
+        b"content-length",
+        USER_HEADER.as_bytes(),
+        b"x-forwarded-for",
+        b"forwarded",
+    ];
+    let named =
+        |n: &'static [u8]| move |(name, _): &(&'a [u8], &'a [u8])| name.eq_ignore_ascii_case(n);
+    out.extend_from_slice(method);
+    out.push(b' ');
+    out.extend_from_slice(target);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in fields() {
+        if REPLACED.iter().any(|r| name.eq_ignore_ascii_case(r)) || hop_by_hop_in(name, fields) {
+            continue;
+        }
+        push_field(out, name, value);
+    }
+    if let Some(h) = &upstream.host {
+        push_field(out, b"host", h.as_bytes());
+    }
+    if let Some(u) = user {
+        push_field(out, USER_HEADER.as_bytes(), u.as_bytes());
+    }
+    let mut ip_buf = [0u8; 64];
+    let ip = ip_text(client, &mut ip_buf);
+    out.extend_from_slice(b"x-forwarded-for: ");
+    write_x_forwarded_for(
+        fields().filter(named(b"x-forwarded-for")).map(|(_, v)| v),
+        ip,
+        out,
+    );
+    out.extend_from_slice(b"\r\nforwarded: ");
+    let original_host = fields().find(named(b"host")).map(|(_, v)| v);
+    write_forwarded(
+        fields().filter(named(b"forwarded")).map(|(_, v)| v),
+        client,
+        ip,
+        original_host,
+        out,
+    );
+    out.extend_from_slice(b"\r\n");
+    if !body.is_empty() {
+        let _ = std::io::Write::write_fmt(out, format_args!("content-length: {}\r\n", body.len()));
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// The client's answer head of the proxy's short path, from the upstream's fields read in
+/// place: hop-by-hop fields out, the rest as the upstream sent them (its Content-Length too:
+/// the body passes unchanged), then what this hop adds (see `server.rs`).
+fn encode_short_answer_head(view: &h1::HeadView<'_, '_>, close: bool, out: &mut Vec<u8>) {
+    crate::server::start_head(view.status, out);
+    let fields = || view.fields();
+    let mut has_date = false;
+    for (name, value) in fields() {
+        if hop_by_hop_in(name, &fields) {
+            continue;
+        }
+        has_date |= name.eq_ignore_ascii_case(b"date");
+        push_field(out, name, value);
+    }
+    crate::server::end_head(has_date, close, out);
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A request for the proxy's short path: the client's head read in place, its body read whole.
+pub(crate) struct ShortRequest<'a, F> {
+    pub method: &'a [u8],
+    pub target: &'a [u8],
+    /// Makes a fresh iterator over the client's fields.
+    pub fields: F,
+    pub body: &'a [u8],
+    pub client: SocketAddr,
+    /// The client connection closes after this answer.
+    pub close: bool,
+}
+
+/// What the proxy's short path did.
+pub(crate) enum ShortAnswer {
+    /// The whole answer is in `out`, ready to write.
+    Written(StatusCode),
+    /// An answer to write the long way (a streaming body, or a failure).
+    Respond(Response<Body>),
 }
 
 /// Pooled clients: HTTP/1.1 (the lean in-task client of `h1.rs`, and hyper's for streaming
@@ -195,23 +398,14 @@ impl Upstreams {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        // A HeaderValue clone shares its bytes; only an absolute-form target (no Host) copies.
-        let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        let headers = req.headers_mut();
-        strip_hop_by_hop(headers);
-        // HTTP/1.1 needs Host; for h2 the client derives :authority from the URI.
-        headers.remove(header::HOST);
-        if protocol == Protocol::Http1
-            && let Some(h) = &target.host
-        {
-            headers.insert(header::HOST, h.clone());
-        }
-        let original_host = original_host.as_ref().and_then(|h| h.to_str().ok());
-        add_forwarded(headers, client, original_host);
+        let uri_authority = req.uri().authority().cloned();
+        adapt_headers(
+            req.headers_mut(),
+            uri_authority.as_ref(),
+            target,
+            protocol,
+            client,
+        );
 
         if protocol == Protocol::Http1 {
             use http_body::Body as _;
@@ -322,6 +516,59 @@ impl Upstreams {
         }
     }
 
+    /// The proxy's short path (see `server.rs`): a request for an HTTP/1.1 upstream whose body
+    /// is read whole already. The answer goes into `out` when it is small; otherwise (it
+    /// streams, or the exchange failed) it comes back as a response.
+    pub async fn send_short<'a, F, I>(
+        &self,
+        upstream: &Target,
+        user: Option<&HeaderValue>,
+        req: ShortRequest<'a, F>,
+        out: &mut Vec<u8>,
+    ) -> ShortAnswer
+    where
+        F: Fn() -> I,
+        I: Iterator<Item = (&'a [u8], &'a [u8])>,
+    {
+        let authority = &upstream.authority;
+        let Ok(method) = Method::from_bytes(req.method) else {
+            return ShortAnswer::Respond(problem(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the method is not a token",
+            ));
+        };
+        let encode = |buf: &mut Vec<u8>| {
+            encode_short_request(
+                req.method,
+                req.target,
+                &req.fields,
+                upstream,
+                user,
+                req.client,
+                req.body,
+                buf,
+            )
+        };
+        let write_head = |view: &h1::HeadView<'_, '_>, out: &mut Vec<u8>| {
+            encode_short_answer_head(view, req.close, out)
+        };
+        let sent = self
+            .h1
+            .send_small(authority, &method, encode, out, write_head);
+        match tokio::time::timeout(self.timeout, sent).await {
+            Ok(Ok(h1::Small::Written(status))) => ShortAnswer::Written(status),
+            Ok(Ok(h1::Small::Streams(mut resp))) => {
+                strip_hop_by_hop(resp.headers_mut());
+                ShortAnswer::Respond(resp)
+            }
+            Ok(Err(e)) => {
+                ShortAnswer::Respond(upstream_failed(authority, e.is_connect(), &e.to_string()))
+            }
+            Err(_) => ShortAnswer::Respond(self.upstream_timeout(authority)),
+        }
+    }
+
     fn upstream_timeout(&self, authority: &Authority) -> Response<Body> {
         metrics::counter!("homeport_gateway_upstream_errors_total", "kind" => "timeout")
             .increment(1);
@@ -418,6 +665,127 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["authorization", "x-kept"]);
+    }
+
+    /// A request's line, fields (lowercased names, sorted) and body, as an upstream reads them.
+    fn as_upstream_sees(bytes: &[u8]) -> (String, Vec<(String, String)>, Vec<u8>) {
+        let mut storage = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut storage);
+        let httparse::Status::Complete(len) = req.parse(bytes).unwrap() else {
+            panic!("incomplete: {}", String::from_utf8_lossy(bytes));
+        };
+        let line = format!("{} {}", req.method.unwrap(), req.path.unwrap());
+        let mut fields: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .map(|f| {
+                (
+                    f.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(f.value).into_owned(),
+                )
+            })
+            .collect();
+        fields.sort();
+        (line, fields, bytes[len..].to_vec())
+    }
+
+    #[test]
+    fn the_short_path_adapts_a_request_as_the_full_path_does() {
+        let fields: &[(&[u8], &[u8])] = &[
+            (b"Host", b"gw.example:80"),
+            (b"Connection", b"x-drop, keep-alive"),
+            (b"X-Drop", b"1"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"TE", b"trailers"),
+            (b"Proxy-Authorization", b"Basic eA=="),
+            (b"Homeport-User", b"sh-999"),
+            (b"X-Kept", b"yes"),
+            (b"x-kept", b"again"),
+            (b"X-Forwarded-For", b"10.0.0.1"),
+            (b"x-forwarded-for", b"10.0.0.2"),
+            (b"Forwarded", b"for=10.0.0.1"),
+            (b"Expect", b"100-continue"),
+            (b"Content-Length", b"5"),
+        ];
+        let target = Target::new("up.example:8080".parse().unwrap());
+        let user = HeaderValue::from_static("sh-1");
+        for client in ["127.0.0.9:5000", "[::1]:7"] {
+            let client: SocketAddr = client.parse().unwrap();
+            let mut short = Vec::new();
+            encode_short_request(
+                b"PUT",
+                b"/svc/x?a=1",
+                &|| fields.iter().copied(),
+                &target,
+                Some(&user),
+                client,
+                b"hello",
+                &mut short,
+            );
+            // The full path: a header map through `send` (with the user set as `service.rs`
+            // does, and Expect dropped as `send_lean` does).
+            let mut h = HeaderMap::new();
+            for (n, v) in fields {
+                h.append(
+                    HeaderName::from_bytes(n).unwrap(),
+                    HeaderValue::from_bytes(v).unwrap(),
+                );
+            }
+            h.remove(USER_HEADER);
+            h.insert(USER_HEADER, user.clone());
+            adapt_headers(&mut h, None, &target, Protocol::Http1, client);
+            h.remove(header::EXPECT);
+            let mut full = Vec::new();
+            let body = bytes::Bytes::from_static(b"hello");
+            h1::encode_head(&Method::PUT, "/svc/x?a=1", &h, Some(&body), &mut full);
+            let (line, seen, body) = as_upstream_sees(&short);
+            assert_eq!(
+                (line.clone(), seen.clone(), body.clone()),
+                as_upstream_sees(&full)
+            );
+            assert_eq!(line, "PUT /svc/x?a=1");
+            assert_eq!(body, b"hello");
+            let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(
+                names,
+                [
+                    "content-length",
+                    "forwarded",
+                    "homeport-user",
+                    "host",
+                    "x-forwarded-for",
+                    "x-kept",
+                    "x-kept"
+                ]
+            );
+            assert!(seen.contains(&("homeport-user".into(), "sh-1".into())));
+            assert!(seen.contains(&("host".into(), "up.example:8080".into())));
+        }
+    }
+
+    #[test]
+    fn the_short_answer_head_drops_hop_by_hop_fields_and_keeps_the_rest() {
+        let text = b"HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
+                     Proxy-Authenticate: Basic\r\nContent-Length: 2\r\nX-Kept: yes\r\n\
+                     Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\nok";
+        let mut storage = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut storage);
+        let httparse::Status::Complete(len) = resp.parse(text).unwrap() else {
+            panic!("incomplete");
+        };
+        let view = h1::HeadView {
+            status: StatusCode::OK,
+            minor_version: 1,
+            fields: resp.headers,
+            len,
+        };
+        let mut out = Vec::new();
+        encode_short_answer_head(&view, true, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Kept: yes\r\nDate: Sun, 06 Nov 1994 \
+             08:49:37 GMT\r\nconnection: close\r\n\r\n"
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::body::{self, Body, problem};
-use crate::proxy::SMALL_BODY_BYTES;
+use crate::proxy::{SMALL_BODY_BYTES, ShortAnswer, ShortRequest};
 use crate::service::Via;
 use crate::{HEADER_READ_TIMEOUT_MS, Worker};
 
@@ -281,8 +281,8 @@ fn hop_field(name: &HeaderName, framing: Framing) -> bool {
         || (name == header::CONTENT_LENGTH && framing != Framing::NoBody)
 }
 
-/// The response head: status line, the handler's fields, Date when the handler set none (an
-/// origin with a clock must send one, RFC 9110 §6.6.1), then framing and `Connection: close`.
+/// The response head: status line, the handler's fields, this hop's framing, then
+/// [`end_head`].
 fn encode_response_head(
     status: StatusCode,
     headers: &HeaderMap,
@@ -290,11 +290,7 @@ fn encode_response_head(
     close: bool,
     out: &mut Vec<u8>,
 ) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    start_head(status, out);
     for (name, value) in headers {
         if hop_field(name, framing) {
             continue;
@@ -304,17 +300,33 @@ fn encode_response_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !headers.contains_key(header::DATE) {
-        out.extend_from_slice(b"date: ");
-        push_date(out);
-        out.extend_from_slice(b"\r\n");
-    }
     match framing {
         Framing::NoBody => {}
         Framing::Length(n) => {
             let _ = write!(out, "content-length: {n}\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    end_head(headers.contains_key(header::DATE), close, out);
+}
+
+/// An answer's status line (the canonical reason phrase, as hyper sends).
+pub(crate) fn start_head(status: StatusCode, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What this hop adds at the end of every answer head: Date when there is none (an origin
+/// with a clock must send one, a proxy must add one, RFC 9110 §6.6.1), `Connection: close`
+/// when the connection ends after it, and the empty line.
+pub(crate) fn end_head(has_date: bool, close: bool, out: &mut Vec<u8>) {
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        push_date(out);
+        out.extend_from_slice(b"\r\n");
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -542,6 +554,16 @@ pub(crate) async fn serve(
                 return;
             }
         }
+        if let Some(ended) = short_path(&mut conn, &worker, &parsed, body_bytes, close).await {
+            match ended {
+                Ok(()) if !close => continue,
+                Ok(()) => {
+                    let _ = conn.stream.shutdown().await;
+                    return;
+                }
+                Err(()) => return,
+            }
+        }
         let head = conn.buf.split_to(parsed.len).freeze();
         let body = conn.buf.split_to(body_bytes).freeze();
         let req = match to_request(&head, &parsed, &conn.fields, body) {
@@ -570,6 +592,86 @@ pub(crate) async fn serve(
             conn.out = Vec::new();
         }
     }
+}
+
+/// The proxy's short path: a request for a local HTTP/1.1 upstream, every check passed (see
+/// `Gateway::short_path`), goes upstream straight from the bytes read, and a small answer
+/// comes back into the client's write buffer: no request or response objects, no header maps.
+/// `None` when the request is not for it (nothing is consumed; the full path serves it);
+/// otherwise whether the answer was written.
+async fn short_path(
+    conn: &mut ClientConn,
+    worker: &Worker,
+    parsed: &ParsedHead,
+    body_bytes: usize,
+    close: bool,
+) -> Option<Result<(), ()>> {
+    let head = &conn.buf[..parsed.len];
+    let target = &head[parsed.target.range()];
+    // Only a plain origin-form target: anything the URI parser might read differently (a
+    // fragment, characters it refuses) takes the full path.
+    let plain = |b: &u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(b);
+    if target.first() != Some(&b'/') || !target.iter().all(plain) {
+        return None;
+    }
+    let path_end = target
+        .iter()
+        .position(|b| *b == b'?')
+        .unwrap_or(target.len());
+    let path = std::str::from_utf8(&target[..path_end]).ok()?;
+    let method_bytes = &head[parsed.method.range()];
+    let method = Method::from_bytes(method_bytes).ok()?;
+    let fields = || {
+        conn.fields
+            .iter()
+            .map(|(n, v)| (&head[n.range()], &head[v.range()]))
+    };
+    let field = |name: &[u8]| {
+        fields()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
+    let gateway = &worker.gateway;
+    let short = gateway.short_path(
+        &method,
+        path,
+        field(b"authorization"),
+        field(crate::service::TICKET_HEADER.as_bytes()),
+    )?;
+    let req = ShortRequest {
+        method: method_bytes,
+        target,
+        fields,
+        body: &conn.buf[parsed.len..parsed.len + body_bytes],
+        client: conn.client,
+        close,
+    };
+    conn.out.clear();
+    let answer = worker
+        .upstreams
+        .send_short(
+            short.target,
+            short.claims.uid_header.as_ref(),
+            req,
+            &mut conn.out,
+        )
+        .await;
+    let written = match answer {
+        ShortAnswer::Written(status) => {
+            gateway.count_upstream_answer(status);
+            conn.stream.write_all(&conn.out).await.map_err(|_| ())
+        }
+        ShortAnswer::Respond(resp) => {
+            gateway.count_upstream_answer(resp.status());
+            let head_request = method == Method::HEAD;
+            conn.respond(resp, head_request, close).await.map_err(|e| {
+                tracing::debug!(client = %conn.client, error = %e, "an answer could not be sent whole");
+            })
+        }
+    };
+    drop(short.permit);
+    conn.buf.advance(parsed.len + body_bytes);
+    Some(written)
 }
 
 /// Resolves once the gateway is stopping (or its stop signal is gone).
@@ -843,20 +945,12 @@ mod tests {
              GMT\r\ncontent-length: 2\r\n\r\n"
         );
         let text = head_text(StatusCode::NOT_FOUND, &[], Framing::Chunked, true);
-        assert!(
-            text.starts_with("HTTP/1.1 404 Not Found\r\ndate: "),
-            "{text}"
-        );
-        assert!(
-            text.ends_with(" GMT\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"),
-            "{text}"
-        );
-        assert_eq!(
-            text.len(),
-            "HTTP/1.1 404 Not Found\r\ndate: \r\n".len()
-                + DATE_BYTES
-                + "transfer-encoding: chunked\r\nconnection: close\r\n\r\n".len()
-        );
+        let date = text
+            .strip_prefix("HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\ndate: ")
+            .and_then(|rest| rest.strip_suffix("\r\nconnection: close\r\n\r\n"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(date.len(), DATE_BYTES, "{date}");
+        assert!(date.ends_with(" GMT"), "{date}");
         // A HEAD answer keeps the handler's Content-Length and gets no framing of its own.
         let text = head_text(
             StatusCode::OK,

@@ -33,7 +33,7 @@ pub const HOME_REGION_HEADER: &str = "homeport-home-region";
 /// Set on answers that came back from another region's gateway (`forward`).
 pub const FORWARDED_FROM_HEADER: &str = "homeport-forwarded-from";
 /// Alternative to `Authorization: Bearer`, for clients that reserve `Authorization`.
-const TICKET_HEADER: &str = "homeport-ticket";
+pub(crate) const TICKET_HEADER: &str = "homeport-ticket";
 
 /// How a request reached this gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +155,42 @@ impl ResponseCounters {
         if let Some(c) = self.0.get(r * STATUS_CLASSES.len() + status_class(status)) {
             c.increment(1);
         }
+    }
+}
+
+/// A request the proxy's short path carries: where it goes, whose it is, and its admission
+/// slot (held until the answer is written).
+pub(crate) struct ShortPath<'g> {
+    pub target: &'g Target,
+    pub claims: Arc<Verified>,
+    pub permit: crate::admission::Permit,
+}
+
+/// The ticket of a request: `Authorization: Bearer <ticket>`, else `Homeport-Ticket`.
+fn ticket_token<'h>(
+    authorization: Option<&'h [u8]>,
+    homeport_ticket: Option<&'h [u8]>,
+) -> Result<&'h str, TicketError> {
+    let visible = |v: &'h [u8], field: &str| {
+        std::str::from_utf8(v)
+            .ok()
+            .filter(|t| t.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
+            .ok_or_else(|| {
+                TicketError::Malformed(format!("the {field} header is not visible ASCII"))
+            })
+    };
+    if let Some(v) = authorization {
+        let text = visible(v, "Authorization")?;
+        match text.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
+            _ => Err(TicketError::Malformed(
+                "the Authorization header must be `Bearer <ticket>`".into(),
+            )),
+        }
+    } else if let Some(v) = homeport_ticket {
+        visible(v, "Homeport-Ticket")
+    } else {
+        Err(TicketError::Missing)
     }
 }
 
@@ -288,26 +324,58 @@ impl Gateway {
     }
 
     fn ticket(&self, headers: &HeaderMap) -> Result<Arc<Verified>, TicketError> {
-        let token = if let Some(v) = headers.get(header::AUTHORIZATION) {
-            let text = v.to_str().map_err(|_| {
-                TicketError::Malformed("the Authorization header is not visible ASCII".into())
-            })?;
-            match text.split_once(' ') {
-                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-                _ => {
-                    return Err(TicketError::Malformed(
-                        "the Authorization header must be `Bearer <ticket>`".into(),
-                    ));
-                }
-            }
-        } else if let Some(v) = headers.get(TICKET_HEADER) {
-            v.to_str().map_err(|_| {
-                TicketError::Malformed("the Homeport-Ticket header is not visible ASCII".into())
-            })?
-        } else {
-            return Err(TicketError::Missing);
-        };
+        let token = ticket_token(
+            headers
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes),
+            headers.get(TICKET_HEADER).map(HeaderValue::as_bytes),
+        )?;
         self.verifier.verify_shared(token, now_unix_secs())
+    }
+
+    /// The checks [`Gateway::handle`] and the upstream route make, for the proxy's short path
+    /// (`server.rs`), on a request read in place: `Some` when it goes to a local HTTP/1.1
+    /// upstream and every check passed (an admission slot is taken). `None` whenever anything
+    /// else applies — shutting down, another route, no or a bad ticket, a home elsewhere or not
+    /// cached yet, an h2c or misconfigured upstream, no free slot — and the request then takes
+    /// the full path, which answers it as always.
+    pub(crate) fn short_path<'g>(
+        &'g self,
+        method: &Method,
+        path: &str,
+        authorization: Option<&[u8]>,
+        homeport_ticket: Option<&[u8]>,
+    ) -> Option<ShortPath<'g>> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return None;
+        }
+        let Route::Upstream { prefix } = routes::route(method, path, &self.prefixes) else {
+            return None;
+        };
+        let token = ticket_token(authorization, homeport_ticket).ok()?;
+        let claims = self.verifier.verify_shared(token, now_unix_secs()).ok()?;
+        if !self.homes.cached_home_is(&claims.uid, &self.region)? {
+            return None;
+        }
+        let upstream = self.local_upstream(prefix)?;
+        let (Ok(target), Protocol::Http1) = (&upstream.authority, upstream.protocol) else {
+            return None;
+        };
+        let permit = self.admission.try_acquire()?;
+        Some(ShortPath {
+            target,
+            claims,
+            permit,
+        })
+    }
+
+    /// Counts an answer of the proxy's short path (the full path counts in `handle`).
+    pub(crate) fn count_upstream_answer(&self, status: StatusCode) {
+        self.responses.count("upstream", status);
+    }
+
+    fn local_upstream(&self, prefix: &str) -> Option<&LocalUpstream> {
+        self.local_upstreams.iter().find(|u| u.prefix == prefix)
     }
 
     /// `Ok(home)`, or the answer to give when there is none (boxed: answers are large).
@@ -648,7 +716,7 @@ impl Gateway {
             let policy = self.deployment.gateway.policy_for(req.uri().path());
             return Box::pin(self.go_home(req, client, &home, policy)).await;
         }
-        let Some(service) = self.local_upstreams.iter().find(|u| u.prefix == prefix) else {
+        let Some(service) = self.local_upstream(prefix) else {
             return problem(
                 StatusCode::NOT_FOUND,
                 "no_upstream",

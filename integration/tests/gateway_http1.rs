@@ -149,6 +149,26 @@ async fn the_connection_loop_keeps_alive_pipelines_and_refuses_bad_heads() -> Re
             );
         }
     }
+    // Headers adapted for the upstream on the short path too (the user's home is cached by now).
+    let spoof = get(
+        "/svc/headers",
+        "Connection: x-drop\r\nX-Drop: 1\r\nHomeport-User: sh-999\r\nX-Forwarded-For: 10.0.0.1\r\n",
+    );
+    s.write_all(spoof.as_bytes()).await?;
+    let (head, body) = read_response(&mut s, &mut pending).await?;
+    ensure!(status(&head) == "200", "{head}");
+    let seen: serde_json::Value = serde_json::from_slice(&body)?;
+    let h = &seen["headers"];
+    ensure!(
+        h.get("x-drop").is_none() && h.get("connection").is_none(),
+        "{seen}"
+    );
+    ensure!(h["homeport-user"] == "sh-1", "the checked user: {seen}");
+    ensure!(h["x-forwarded-for"] == "10.0.0.1, 127.0.0.1", "{seen}");
+    ensure!(
+        h["forwarded"] == "for=127.0.0.1;proto=http;host=\"gw\"",
+        "{seen}"
+    );
     let one = get("/svc/headers?n=4", "");
     for piece in one.as_bytes().chunks(7) {
         s.write_all(piece).await?;
