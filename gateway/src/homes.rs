@@ -77,8 +77,9 @@ pub struct CachedHomes {
 
 #[derive(Default)]
 struct Generations {
-    young: HashMap<String, String>,
-    old: HashMap<String, String>,
+    // foldhash: keys are uids of checked tickets (no collision flooding), looked up per request.
+    young: HashMap<String, String, foldhash::fast::RandomState>,
+    old: HashMap<String, String, foldhash::fast::RandomState>,
 }
 
 impl CachedHomes {

@@ -100,7 +100,13 @@ fn usable_hop(v: &[u8]) -> bool {
     !v.is_empty() && v.iter().all(|b| *b == b'\t' || (b' '..=b'~').contains(b))
 }
 
-/// The client's address as text, on the stack ("[" + an IPv6 address + "]" fits in 64).
+/// The client's address as text, for the short path to keep per connection.
+pub(crate) fn client_ip_text(client: SocketAddr) -> Vec<u8> {
+    let mut buf = [0u8; 64];
+    ip_text(client, &mut buf).to_vec()
+}
+
+/// The client's address as text, on the stack (an IPv6 address is at most 45 bytes).
 fn ip_text(client: SocketAddr, buf: &mut [u8; 64]) -> &[u8] {
     use std::io::Write as _;
     let len = {
@@ -220,6 +226,7 @@ fn encode_short_request<'a, I>(
     upstream: &Target,
     user: Option<&HeaderValue>,
     client: SocketAddr,
+    ip: &[u8],
     body: &[u8],
     out: &mut Vec<u8>,
 ) where
@@ -251,8 +258,6 @@ fn encode_short_request<'a, I>(
     if let Some(u) = user {
         push_field(out, USER_HEADER.as_bytes(), u.as_bytes());
     }
-    let mut ip_buf = [0u8; 64];
-    let ip = ip_text(client, &mut ip_buf);
     out.extend_from_slice(b"x-forwarded-for: ");
     write_x_forwarded_for(
         fields().filter(named(b"x-forwarded-for")).map(|(_, v)| v),
@@ -308,6 +313,8 @@ pub(crate) struct ShortRequest<'a, F> {
     pub fields: F,
     pub body: &'a [u8],
     pub client: SocketAddr,
+    /// The client's address as text ([`client_ip_text`]), made once per connection.
+    pub client_ip: &'a [u8],
     /// The client connection closes after this answer.
     pub close: bool,
 }
@@ -546,6 +553,7 @@ impl Upstreams {
                 upstream,
                 user,
                 req.client,
+                req.client_ip,
                 req.body,
                 buf,
             )
@@ -719,6 +727,7 @@ mod tests {
                 &target,
                 Some(&user),
                 client,
+                &client_ip_text(client),
                 b"hello",
                 &mut short,
             );

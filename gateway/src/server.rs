@@ -375,6 +375,8 @@ enum Ended {
 struct ClientConn {
     stream: TcpStream,
     client: SocketAddr,
+    /// `client`'s address as text (for `X-Forwarded-For`), made once.
+    client_ip: Vec<u8>,
     buf: BytesMut,
     /// Response heads (and small bodies) are encoded here, reused from response to response.
     out: Vec<u8>,
@@ -507,6 +509,7 @@ pub(crate) async fn serve(
     let mut conn = ClientConn {
         stream,
         client,
+        client_ip: crate::proxy::client_ip_text(client),
         buf: BytesMut::with_capacity(READ_RESERVE_BYTES),
         out: Vec::new(),
         fields: Vec::new(),
@@ -644,6 +647,7 @@ async fn short_path(
         fields,
         body: &conn.buf[parsed.len..parsed.len + body_bytes],
         client: conn.client,
+        client_ip: &conn.client_ip,
         close,
     };
     conn.out.clear();
