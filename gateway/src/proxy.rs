@@ -532,6 +532,7 @@ impl Upstreams {
         user: Option<&HeaderValue>,
         req: ShortRequest<'a, F>,
         out: &mut Vec<u8>,
+        mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
     ) -> ShortAnswer
     where
         F: Fn() -> I,
@@ -564,16 +565,25 @@ impl Upstreams {
         let sent = self
             .h1
             .send_small(authority, &method, encode, out, write_head);
-        match tokio::time::timeout(self.timeout, sent).await {
-            Ok(Ok(h1::Small::Written(status))) => ShortAnswer::Written(status),
-            Ok(Ok(h1::Small::Streams(mut resp))) => {
+        // The caller's timer, moved later for every request: that is an atomic store, where a
+        // new timeout is a timer-wheel insert and removal per request.
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.timeout);
+        let answer = tokio::select! {
+            biased;
+            answer = sent => answer,
+            _ = timer => return ShortAnswer::Respond(self.upstream_timeout(authority)),
+        };
+        match answer {
+            Ok(h1::Small::Written(status)) => ShortAnswer::Written(status),
+            Ok(h1::Small::Streams(mut resp)) => {
                 strip_hop_by_hop(resp.headers_mut());
                 ShortAnswer::Respond(resp)
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 ShortAnswer::Respond(upstream_failed(authority, e.is_connect(), &e.to_string()))
             }
-            Err(_) => ShortAnswer::Respond(self.upstream_timeout(authority)),
         }
     }
 

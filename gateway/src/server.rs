@@ -384,6 +384,8 @@ struct ClientConn {
     fields: Vec<(Span, Span)>,
     /// The head-read deadline; reset (not re-created) for every head.
     timer: Pin<Box<tokio::time::Sleep>>,
+    /// The short path's upstream deadline, likewise.
+    upstream_timer: Pin<Box<tokio::time::Sleep>>,
     stop: watch::Receiver<bool>,
 }
 
@@ -514,6 +516,7 @@ pub(crate) async fn serve(
         out: Vec::new(),
         fields: Vec::new(),
         timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+        upstream_timer: Box::pin(tokio::time::sleep_until(Instant::now())),
         stop,
     };
     let head_timeout = Duration::from_millis(HEADER_READ_TIMEOUT_MS);
@@ -658,6 +661,7 @@ async fn short_path(
             short.claims.uid_header.as_ref(),
             req,
             &mut conn.out,
+            conn.upstream_timer.as_mut(),
         )
         .await;
     let written = match answer {
