@@ -315,8 +315,11 @@ pub(crate) struct ShortRequest<'a, F> {
     pub client: SocketAddr,
     /// The client's address as text ([`client_ip_text`]), made once per connection.
     pub client_ip: &'a [u8],
-    /// The client connection closes after this answer.
+    /// The client asked to close the connection after this answer.
     pub close: bool,
+    /// Set when the gateway starts shutting down: the connection then closes too. Read when
+    /// the answer head is written, not before the request goes out (it may take a while).
+    pub shutting_down: &'a std::sync::atomic::AtomicBool,
 }
 
 /// What the proxy's short path did.
@@ -560,7 +563,8 @@ impl Upstreams {
             )
         };
         let write_head = |view: &h1::HeadView<'_, '_>, out: &mut Vec<u8>| {
-            encode_short_answer_head(view, req.close, out)
+            let close = req.close || req.shutting_down.load(std::sync::atomic::Ordering::Acquire);
+            encode_short_answer_head(view, close, out)
         };
         let sent = self
             .h1

@@ -6,6 +6,7 @@
 mod gateway_common;
 mod regions_common;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -16,6 +17,9 @@ use tokio::net::TcpStream;
 
 /// Generous: the machine may be busy with other tests.
 const READ_TIMEOUT_MS: u64 = 30_000;
+/// An idle connection must be closed well before the gateway's drain limit (10 s) would
+/// close it anyway; it takes milliseconds.
+const IDLE_CLOSE_MAX_MS: u64 = 5_000;
 
 /// Reads one response (head and a body of its Content-Length, or chunked) from `stream`,
 /// keeping what follows in `pending`. Returns (head, body).
@@ -263,5 +267,53 @@ async fn the_connection_loop_keeps_alive_pipelines_and_refuses_bad_heads() -> Re
         text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
         "HTTP/1.0: {text}"
     );
+
+    // Graceful shutdown (SIGTERM): a request in flight is answered (and told the connection
+    // closes), an idle keep-alive connection is closed at once rather than at the drain limit.
+    let mut idle = connect().await?;
+    let mut pending = Vec::new();
+    idle.write_all(get("/svc/headers", "").as_bytes()).await?;
+    let (head, _) = read_response(&mut idle, &mut pending).await?;
+    ensure!(status(&head) == "200", "{head}");
+    let mut busy = connect().await?;
+    let before = backend.requests.load(Ordering::SeqCst);
+    busy.write_all(get("/svc/slow?ms=1500", "").as_bytes())
+        .await?;
+    regions_common::eventually(
+        "the slow request to reach the upstream",
+        regions_common::WAIT_MS,
+        || async {
+            if backend.requests.load(Ordering::SeqCst) > before {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        },
+    )
+    .await?;
+    let pid = cluster
+        .pid(&homeport_config::gateway_identity("sh"))
+        .context("the gateway runs")?;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    ensure!(killed.success(), "kill -TERM {pid}");
+    let started = tokio::time::Instant::now();
+    ensure!(closes(&mut idle).await?, "the idle connection is closed");
+    ensure!(
+        started.elapsed() < Duration::from_millis(IDLE_CLOSE_MAX_MS),
+        "the idle connection was closed only after {:?}: shutdown waited for it",
+        started.elapsed()
+    );
+    let (head, body) = read_response(&mut busy, &mut Vec::new()).await?;
+    ensure!(
+        status(&head) == "200" && body == b"ok",
+        "the request in flight is answered: {head}"
+    );
+    ensure!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "and told the connection closes: {head}"
+    );
+    ensure!(closes(&mut busy).await?, "then closed");
     Ok(())
 }
