@@ -2,7 +2,7 @@
 # The gateway benchmark: requests/s and p50/p99 of a trivial backend direct, through the gateway's
 # upstream proxy (ticket checked on every request), and through nginx as a reverse proxy with
 # upstream keep-alive, all driven by wrk in one run (see BENCHMARKS.md). Installs nginx and wrk
-# with apt-get when they are missing, builds in release and runs `bench-gateway`; arguments are
+# with apt-get when they are missing, builds with the `dist` profile and runs `bench-gateway`; arguments are
 # passed on, e.g.
 #   scripts/bench-gateway.sh --duration-secs 20 --connections 128
 # (`--help` lists them). The report goes to stdout (markdown), progress to stderr.
@@ -35,6 +35,7 @@ nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 # Each wrk connection is a socket in wrk, the gateway and the backend.
 ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
 
-# Builds both programs: bench-gateway finds the gateway program `homeport-it` next to itself.
-cargo build --release --locked -p homeport-integration --bin homeport-it --bin bench-gateway
-exec "${CARGO_TARGET_DIR:-target}/release/bench-gateway" --nginx "$nginx_bin" "$@"
+# Builds both programs with the production profile (`dist`: release with fat LTO, see
+# Cargo.toml): bench-gateway finds the gateway program `homeport-it` next to itself.
+cargo build --profile dist --locked -p homeport-integration --bin homeport-it --bin bench-gateway
+exec "${CARGO_TARGET_DIR:-target}/dist/bench-gateway" --nginx "$nginx_bin" "$@"

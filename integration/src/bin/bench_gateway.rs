@@ -42,6 +42,10 @@ struct Args {
     /// Measure without nginx (when it is not installed).
     #[arg(long)]
     skip_nginx: bool,
+    /// Rounds of direct, gateway, nginx in turn; the summary gives the medians of the
+    /// per-round ratios (a 2-core machine is noisy: one round says little).
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
 }
 
 /// What wrk reported for one target.
@@ -378,84 +382,144 @@ async fn run(args: Args) -> Result<()> {
         }
     };
     let load_before = loadavg();
-    let mut results = Vec::new();
-    for (name, url, t) in &targets {
-        eprintln!("bench-gateway: {name}: {url}");
-        let (args2, url2, t2) = (&args, url.clone(), t.map(str::to_owned));
-        // wrk blocks; run it off the async threads so the backend keeps serving.
-        let warm = tokio::task::block_in_place(|| {
-            run_wrk(args2, &url2, t2.as_deref(), args2.warmup_secs, name)
-        })?;
-        if warm.non_2xx > 0 {
-            bail!("{name}: {} non-2xx answers during warm-up", warm.non_2xx);
+    let mut rounds: Vec<Vec<Measured>> = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        let mut results = Vec::new();
+        for (name, url, t) in &targets {
+            eprintln!("bench-gateway: round {round}: {name}: {url}");
+            let (args2, url2, t2) = (&args, url.clone(), t.map(str::to_owned));
+            // wrk blocks; run it off the async threads so the backend keeps serving.
+            let warm = tokio::task::block_in_place(|| {
+                run_wrk(args2, &url2, t2.as_deref(), args2.warmup_secs, name)
+            })?;
+            if warm.non_2xx > 0 {
+                bail!("{name}: {} non-2xx answers during warm-up", warm.non_2xx);
+            }
+            let pids = proxy_pids(name);
+            let before = total_cpu_ticks(&pids);
+            let mut m = tokio::task::block_in_place(|| {
+                run_wrk(args2, &url2, t2.as_deref(), args2.duration_secs, name)
+            })?;
+            let spent = total_cpu_ticks(&pids).saturating_sub(before);
+            if !pids.is_empty()
+                && let Some(n) = m.requests.filter(|n| *n > 0)
+            {
+                m.proxy_cpu_us_per_request = Some(spent as f64 / ticks_per_sec * 1e6 / n as f64);
+            }
+            results.push(m);
         }
-        let pids = proxy_pids(name);
-        let before = total_cpu_ticks(&pids);
-        let mut m = tokio::task::block_in_place(|| {
-            run_wrk(args2, &url2, t2.as_deref(), args2.duration_secs, name)
-        })?;
-        let spent = total_cpu_ticks(&pids).saturating_sub(before);
-        if !pids.is_empty()
-            && let Some(n) = m.requests.filter(|n| *n > 0)
-        {
-            m.proxy_cpu_us_per_request = Some(spent as f64 / ticks_per_sec * 1e6 / n as f64);
-        }
-        results.push(m);
+        rounds.push(results);
     }
     let load_after = loadavg();
+    report(&args, &rounds, &load_before, &load_after);
+    drop(nginx);
+    Ok(())
+}
 
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+fn report(args: &Args, rounds: &[Vec<Measured>], load_before: &str, load_after: &str) {
     println!(
-        "## Gateway upstream proxy vs nginx (wrk -t{} -c{} -d{}s, keep-alive, 2-byte answers)\n",
-        args.threads, args.connections, args.duration_secs
+        "## Gateway upstream proxy vs nginx (wrk -t{} -c{} -d{}s, keep-alive, 2-byte answers, {} rounds)\n",
+        args.threads,
+        args.connections,
+        args.duration_secs,
+        rounds.len()
     );
     println!(
-        "| path | requests/s | p50 ms | p99 ms | proxy CPU µs/request | non-2xx | socket errors |"
+        "| round | path | requests/s | p50 ms | p99 ms | proxy CPU µs/request | non-2xx | socket errors |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | --- |");
-    for m in &results {
-        println!(
-            "| {} | {:.0} | {:.3} | {:.3} | {} | {} | {} |",
-            m.target,
-            m.requests_per_sec,
-            m.p50_ms,
-            m.p99_ms,
-            m.proxy_cpu_us_per_request
-                .map(|c| format!("{c:.1}"))
-                .unwrap_or_else(|| "—".into()),
-            m.non_2xx,
-            if m.errors.is_empty() {
-                "none"
-            } else {
-                &m.errors
-            }
-        );
-    }
-    let direct = &results[0];
-    println!();
-    for m in &results[1..] {
-        println!(
-            "- {}: {:.2}x the direct throughput, p99 {:+.3} ms against direct",
-            m.target,
-            m.requests_per_sec / direct.requests_per_sec,
-            m.p99_ms - direct.p99_ms
-        );
-    }
-    if let (Some(g), Some(n)) = (
-        results.iter().find(|m| m.target == "homeport gateway"),
-        results.iter().find(|m| m.target == "nginx"),
-    ) {
-        println!(
-            "- gateway / nginx: {:.2}x throughput; p99 against direct {:+.3} ms vs nginx's {:+.3} ms",
-            g.requests_per_sec / n.requests_per_sec,
-            g.p99_ms - direct.p99_ms,
-            n.p99_ms - direct.p99_ms
-        );
-        if let (Some(gc), Some(nc)) = (g.proxy_cpu_us_per_request, n.proxy_cpu_us_per_request) {
+    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |");
+    for (i, results) in rounds.iter().enumerate() {
+        for m in results {
             println!(
-                "- CPU per request: gateway {gc:.1} µs, nginx {nc:.1} µs (gateway / nginx {:.2}x)",
-                gc / nc
+                "| {} | {} | {:.0} | {:.3} | {:.3} | {} | {} | {} |",
+                i + 1,
+                m.target,
+                m.requests_per_sec,
+                m.p50_ms,
+                m.p99_ms,
+                m.proxy_cpu_us_per_request
+                    .map(|c| format!("{c:.1}"))
+                    .unwrap_or_else(|| "—".into()),
+                m.non_2xx,
+                if m.errors.is_empty() {
+                    "none"
+                } else {
+                    &m.errors
+                }
             );
         }
+    }
+    // Per round: each proxy against the direct run and against each other, then medians.
+    let of = |r: &[Measured], target: &str| r.iter().find(|m| m.target == target).cloned();
+    let per_round = |f: &dyn Fn(&[Measured]) -> Option<f64>| -> Vec<f64> {
+        rounds.iter().filter_map(|r| f(r)).collect()
+    };
+    let fmt = |v: Option<f64>, digits: usize| {
+        v.map(|x| format!("{x:.digits$}"))
+            .unwrap_or_else(|| "—".into())
+    };
+    println!("\nMedians over the rounds (each ratio taken within its round):\n");
+    for target in ["homeport gateway", "nginx"] {
+        let rps = per_round(&|r| of(r, target).map(|m| m.requests_per_sec));
+        if rps.is_empty() {
+            continue;
+        }
+        let vs_direct = per_round(&|r| {
+            Some(of(r, target)?.requests_per_sec / of(r, "backend direct")?.requests_per_sec)
+        });
+        let added_p99 =
+            per_round(&|r| Some(of(r, target)?.p99_ms - of(r, "backend direct")?.p99_ms));
+        let cpu = per_round(&|r| of(r, target)?.proxy_cpu_us_per_request);
+        println!(
+            "- {target}: {} requests/s, {}x the direct throughput, p99 {} ms against direct, {} µs CPU per request",
+            fmt(median(rps), 0),
+            fmt(median(vs_direct), 2),
+            fmt(median(added_p99).map(|x| (x * 1000.0).round() / 1000.0), 3),
+            fmt(median(cpu), 1),
+        );
+    }
+    let ratios = per_round(&|r| {
+        Some(of(r, "homeport gateway")?.requests_per_sec / of(r, "nginx")?.requests_per_sec)
+    });
+    if !ratios.is_empty() {
+        let added = |r: &[Measured], t: &str| -> Option<f64> {
+            Some(of(r, t)?.p99_ms - of(r, "backend direct")?.p99_ms)
+        };
+        let p99_gap = per_round(&|r| Some(added(r, "homeport gateway")? - added(r, "nginx")?));
+        let cpu_ratio = per_round(&|r| {
+            Some(
+                of(r, "homeport gateway")?.proxy_cpu_us_per_request?
+                    / of(r, "nginx")?.proxy_cpu_us_per_request?,
+            )
+        });
+        let list = ratios
+            .iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!(
+            "- **gateway / nginx throughput: median {}x** (rounds: {list})",
+            fmt(median(ratios.clone()), 2)
+        );
+        println!(
+            "- gateway's added p99 minus nginx's: median {} ms (negative: the gateway adds less)",
+            fmt(median(p99_gap), 3)
+        );
+        println!(
+            "- gateway / nginx CPU per request: median {}x",
+            fmt(median(cpu_ratio), 2)
+        );
     }
     println!(
         "- load average before / after: {load_before} / {load_after} ({} cores)",
@@ -463,8 +527,6 @@ async fn run(args: Args) -> Result<()> {
             .map(|n| n.get())
             .unwrap_or(0)
     );
-    drop(nginx);
-    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
