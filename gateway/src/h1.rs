@@ -238,28 +238,46 @@ where
             Framing::Close
         });
     }
-    let mut length = None;
-    for (_, v) in fields().filter(|(n, _)| n.eq_ignore_ascii_case(b"content-length")) {
-        for part in v.split(|b| *b == b',') {
-            let n: u64 = std::str::from_utf8(part)
-                .ok()
-                .and_then(|p| p.trim().parse().ok())
-                .ok_or_else(|| {
-                    H1Error::Invalid(format!(
-                        "Content-Length {:?} is not a number of bytes",
-                        String::from_utf8_lossy(v)
-                    ))
-                })?;
-            if length.is_some_and(|l| l != n) {
-                return Err(H1Error::Invalid("conflicting Content-Length fields".into()));
-            }
-            length = Some(n);
-        }
-    }
+    let length = content_length(
+        fields()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"content-length"))
+            .map(|(_, v)| v),
+    )
+    .map_err(|e| H1Error::Invalid(e.to_string()))?;
     Ok(match length {
         Some(n) => Framing::Length(n),
         None => Framing::Close,
     })
+}
+
+/// Why Content-Length fields give no length (RFC 9110 §8.6).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum LengthError {
+    #[error("Content-Length {0:?} is not a number of bytes")]
+    NotANumber(String),
+    #[error("conflicting Content-Length fields")]
+    Conflicting,
+}
+
+/// The length the Content-Length `values` give (requests and responses alike): a list of
+/// equal numbers counts as one, differing ones are an error; `None` without any.
+pub(crate) fn content_length<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+) -> Result<Option<u64>, LengthError> {
+    let mut length = None;
+    for v in values {
+        for part in v.split(|b| *b == b',') {
+            let n: u64 = std::str::from_utf8(part)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .ok_or_else(|| LengthError::NotANumber(String::from_utf8_lossy(v).into_owned()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(LengthError::Conflicting);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
 }
 
 /// Whether the connection may carry another request once this response is complete.

@@ -40,6 +40,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::body::{self, Body, problem};
+use crate::h1;
 use crate::proxy::{SMALL_BODY_BYTES, ShortAnswer, ShortRequest};
 use crate::service::Via;
 use crate::{HEADER_READ_TIMEOUT_MS, Worker};
@@ -170,52 +171,43 @@ enum Plan {
     Hyper(&'static str),
 }
 
-/// How a request is framed (RFC 9112 §6) and whether this loop serves it.
-fn plan<'a>(
+/// How a request is framed (RFC 9112 §6) and whether this loop serves it. `fields` makes a
+/// fresh iterator over the request's fields each time it is called.
+fn plan<'a, I>(
     method: &[u8],
     minor_version: u8,
-    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
-) -> Result<Plan, RequestError> {
+    fields: impl Fn() -> I,
+) -> Result<Plan, RequestError>
+where
+    I: Iterator<Item = (&'a [u8], &'a [u8])>,
+{
     if minor_version != 1 {
         return Ok(Plan::Hyper("HTTP/1.0"));
     }
     if method == b"CONNECT" {
         return Ok(Plan::Hyper("CONNECT"));
     }
-    let mut length: Option<u64> = None;
     let mut close = false;
-    for (name, value) in fields {
+    for (name, value) in fields() {
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
             return Ok(Plan::Hyper("a transfer-coded request body"));
         } else if name.eq_ignore_ascii_case(b"expect") {
             return Ok(Plan::Hyper("Expect"));
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             return Ok(Plan::Hyper("an upgrade"));
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            for part in value.split(|b| *b == b',') {
-                let n = std::str::from_utf8(part)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                    .ok_or_else(|| {
-                        RequestError::BadLength(format!(
-                            "Content-Length {:?} is not a number of bytes",
-                            String::from_utf8_lossy(value)
-                        ))
-                    })?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(RequestError::BadLength(
-                        "the request has conflicting Content-Length fields".into(),
-                    ));
-                }
-                length = Some(n);
-            }
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= value
                 .split(|b| *b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
         }
     }
-    let length = length.unwrap_or(0);
+    let length = h1::content_length(
+        fields()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"content-length"))
+            .map(|(_, v)| v),
+    )
+    .map_err(|e| RequestError::BadLength(format!("the request's {e}")))?
+    .unwrap_or(0);
     if length > SMALL_BODY_BYTES {
         return Ok(Plan::Hyper("a large request body"));
     }
@@ -558,10 +550,11 @@ pub(crate) async fn serve(
             }
         };
         let head_bytes = &conn.buf[..parsed.len];
-        let fields = conn
-            .fields
-            .iter()
-            .map(|(n, v)| (&head_bytes[n.range()], &head_bytes[v.range()]));
+        let fields = || {
+            conn.fields
+                .iter()
+                .map(|(n, v)| (&head_bytes[n.range()], &head_bytes[v.range()]))
+        };
         let (body_bytes, close) = match plan(
             &head_bytes[parsed.method.range()],
             parsed.minor_version,
@@ -826,13 +819,11 @@ mod tests {
     fn plan_of(text: &[u8]) -> Result<Plan, RequestError> {
         let mut fields = Vec::new();
         let p = parse_request(text, &mut fields)?.expect("a complete head");
-        plan(
-            &text[p.method.range()],
-            p.minor_version,
+        plan(&text[p.method.range()], p.minor_version, || {
             fields
                 .iter()
-                .map(|(n, v)| (&text[n.range()], &text[v.range()])),
-        )
+                .map(|(n, v)| (&text[n.range()], &text[v.range()]))
+        })
     }
 
     #[test]
