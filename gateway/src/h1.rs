@@ -267,9 +267,7 @@ pub(crate) fn content_length<'a>(
     let mut length = None;
     for v in values {
         for part in v.split(|b| *b == b',') {
-            let n: u64 = std::str::from_utf8(part)
-                .ok()
-                .and_then(|p| p.trim().parse().ok())
+            let n = digits(part.trim_ascii())
                 .ok_or_else(|| LengthError::NotANumber(String::from_utf8_lossy(v).into_owned()))?;
             if length.is_some_and(|l| l != n) {
                 return Err(LengthError::Conflicting);
@@ -278,6 +276,20 @@ pub(crate) fn content_length<'a>(
         }
     }
     Ok(length)
+}
+
+/// `1*DIGIT` (RFC 9110 §8.6) as a number: no sign, no other whitespace, no overflow. A
+/// lenient parse (`u64::from_str` takes "+5") is a request-smuggling risk between hops.
+fn digits(text: &[u8]) -> Option<u64> {
+    if text.is_empty() {
+        return None;
+    }
+    text.iter().try_fold(0u64, |n, b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
 }
 
 /// Whether the connection may carry another request once this response is complete.
@@ -645,8 +657,11 @@ impl Pool {
             let pooled = if fresh {
                 None
             } else {
+                // One non-blocking read: an idle connection the upstream closed, or one that
+                // got bytes nobody asked for (a late or overlong answer), is never used: those
+                // bytes would be read as the next request's answer, maybe another user's.
                 match self.checkout(authority) {
-                    Some(c) if !idempotent && c.idle_broken() => {
+                    Some(c) if c.idle_broken() => {
                         drop(c);
                         continue;
                     }
@@ -713,7 +728,7 @@ impl Pool {
         method: &Method,
         encode: impl Fn(&mut Vec<u8>),
         out: &mut Vec<u8>,
-        write_head: impl Fn(&HeadView<'_, '_>, &mut Vec<u8>),
+        write_head: impl Fn(&HeadView<'_, '_>, Option<u64>, &mut Vec<u8>),
     ) -> Result<Small, H1Error> {
         let mut conn = self.request(authority, method, encode).await?;
         loop {
@@ -824,7 +839,7 @@ fn small_step(
     buf: &[u8],
     method: &Method,
     out: &mut Vec<u8>,
-    write_head: &impl Fn(&HeadView<'_, '_>, &mut Vec<u8>),
+    write_head: &impl Fn(&HeadView<'_, '_>, Option<u64>, &mut Vec<u8>),
 ) -> Result<SmallStep, H1Error> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let Some(view) = parse_view(buf, &mut storage)? else {
@@ -834,10 +849,27 @@ fn small_step(
         informational(view.status)?;
         return Ok(SmallStep::Skip(view.len));
     }
-    let body = match framing_of(method, view.status, || view.fields())? {
-        Framing::None => 0,
+    // The body to take, and the Content-Length the client is told.
+    let (body, length) = match framing_of(method, view.status, || view.fields())? {
+        Framing::None => {
+            let s = view.status.as_u16();
+            // A HEAD or 304 answer may announce the length of what a GET would get; an
+            // invalid announcement is dropped (it frames nothing here). 204 has none.
+            let announced = (s != 204)
+                .then(|| {
+                    content_length(
+                        view.fields()
+                            .filter(|(n, _)| n.eq_ignore_ascii_case(b"content-length"))
+                            .map(|(_, v)| v),
+                    )
+                    .ok()
+                    .flatten()
+                })
+                .flatten();
+            (0, announced)
+        }
         Framing::Length(n) if n <= crate::proxy::SMALL_BODY_BYTES => {
-            usize::try_from(n).unwrap_or(usize::MAX)
+            (usize::try_from(n).unwrap_or(usize::MAX), Some(n))
         }
         _ => return Ok(SmallStep::Streams),
     };
@@ -845,7 +877,7 @@ fn small_step(
     if buf.len() < consumed {
         return Ok(SmallStep::NeedMore);
     }
-    write_head(&view, out);
+    write_head(&view, length, out);
     out.extend_from_slice(&buf[view.len..consumed]);
     Ok(SmallStep::Written {
         status: view.status,
@@ -1077,6 +1109,66 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bytes_an_idle_connection_got_are_never_taken_as_the_next_answer() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let read_head = async |s: &mut TcpStream| {
+                let mut buf = Vec::new();
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 1024];
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                true
+            };
+            // The first connection: an answer, then (once the client is done with it) a
+            // second one nobody asked for.
+            let (mut s, _) = listener.accept().await.unwrap();
+            read_head(&mut s).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            let _ = go_rx.await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nEVIL")
+                .await
+                .unwrap();
+            let _ = sent_tx.send(());
+            let late = tokio::spawn(async move {
+                if read_head(&mut s).await {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nreuse")
+                        .await;
+                }
+            });
+            let (mut s2, _) = listener.accept().await.unwrap();
+            read_head(&mut s2).await;
+            s2.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nfine")
+                .await
+                .unwrap();
+            let _ = late.await;
+        });
+        let pool = Pool::new(4, Duration::from_secs(60), 1_000);
+        assert_eq!(
+            get(&pool, &authority).await.unwrap(),
+            (StatusCode::OK, Bytes::from_static(b"ok"))
+        );
+        go_tx.send(()).unwrap();
+        // On loopback the bytes are in this side's receive queue once the write returned.
+        sent_rx.await.unwrap();
+        assert_eq!(
+            get(&pool, &authority).await.unwrap(),
+            (StatusCode::OK, Bytes::from_static(b"fine")),
+            "a new connection, not the stale bytes or the connection that had them"
+        );
+    }
+
+    #[tokio::test]
     async fn reaping_closes_connections_the_upstream_dropped() {
         let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
         let (authority, _) = upstream(vec![ok]).await;
@@ -1170,6 +1262,68 @@ mod tests {
         assert!(framing(&get, &conflict).is_err());
         let junk = head_of("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n");
         assert!(framing(&get, &junk).is_err());
+    }
+
+    #[test]
+    fn a_short_answer_tells_the_client_one_valid_length() {
+        // (method, upstream answer) → the Content-Length the client is told, if any.
+        let told = |method: Method, text: &str| -> Result<Option<u64>, H1Error> {
+            let told = std::cell::Cell::new(None);
+            let write =
+                |_: &HeadView<'_, '_>, length: Option<u64>, _: &mut Vec<u8>| told.set(length);
+            match small_step(text.as_bytes(), &method, &mut Vec::new(), &write)? {
+                SmallStep::Written { consumed, .. } => {
+                    assert_eq!(consumed, text.len(), "{text}");
+                    Ok(told.get())
+                }
+                _ => panic!("not written: {text}"),
+            }
+        };
+        let ok = "HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\nok";
+        assert_eq!(told(Method::GET, ok).unwrap(), Some(2));
+        let twice = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2, 2\r\n\r\nok";
+        assert_eq!(told(Method::GET, twice).unwrap(), Some(2));
+        let signed = "HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok";
+        assert!(
+            told(Method::GET, signed).is_err(),
+            "an invalid length is a failed upstream"
+        );
+        let head = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(told(Method::HEAD, head).unwrap(), Some(5));
+        let head_signed = "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n";
+        assert_eq!(told(Method::HEAD, head_signed).unwrap(), None);
+        let no_content = "HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n";
+        assert_eq!(told(Method::GET, no_content).unwrap(), None);
+        let not_modified = "HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n";
+        assert_eq!(told(Method::GET, not_modified).unwrap(), Some(7));
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        let cl = |values: &[&[u8]]| content_length(values.iter().copied());
+        assert_eq!(cl(&[]), Ok(None));
+        assert_eq!(cl(&[b"5"]), Ok(Some(5)));
+        assert_eq!(cl(&[b" 005 "]), Ok(Some(5)));
+        assert_eq!(cl(&[b"5, 5", b"5"]), Ok(Some(5)));
+        assert_eq!(cl(&[b"5", b"6"]), Err(LengthError::Conflicting));
+        for bad in [
+            &b"+5"[..],
+            b"-0",
+            b"",
+            b"5,",
+            b"0x5",
+            b"5_0",
+            b"5\xc2\xa0",
+            b"\xc2\xa05",
+            b"5\x0b",
+            b"99999999999999999999999",
+        ] {
+            assert!(
+                matches!(cl(&[bad]), Err(LengthError::NotANumber(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -149,7 +149,12 @@ fn write_forwarded<'a>(
     out.extend_from_slice(open);
     out.extend_from_slice(ip);
     out.extend_from_slice(close);
-    if let Some(h) = host.filter(|h| h.iter().all(|b| b.is_ascii_graphic() && *b != b'"')) {
+    // Only a host that makes a valid quoted-string as it is (no quote, no backslash).
+    let quotable = |h: &&[u8]| {
+        h.iter()
+            .all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\')
+    };
+    if let Some(h) = host.filter(quotable) {
         out.extend_from_slice(b";host=\"");
         out.extend_from_slice(h);
         out.extend_from_slice(b"\"");
@@ -190,13 +195,16 @@ pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: O
 
 /// Adapts a request's fields for one more hop: hop-by-hop fields out, `Host` for the upstream
 /// (HTTP/1.1; for h2 the client derives `:authority` from the URI), this hop in
-/// `X-Forwarded-For` and `Forwarded` with the client's original host.
+/// `X-Forwarded-For` and `Forwarded` with the client's original host, and the checked user
+/// (`user`) in `Homeport-User`: set last, so a client can neither send its own value nor
+/// make the hop-by-hop rules remove the gateway's (`Connection: homeport-user`).
 fn adapt_headers(
     headers: &mut HeaderMap,
     uri_authority: Option<&Authority>,
     target: &Target,
     protocol: Protocol,
     client: SocketAddr,
+    user: Option<&HeaderValue>,
 ) {
     // A HeaderValue clone shares its bytes; only an absolute-form target (no Host) copies.
     let original_host = headers
@@ -212,7 +220,14 @@ fn adapt_headers(
     }
     let original_host = original_host.as_ref().and_then(|h| h.to_str().ok());
     add_forwarded(headers, client, original_host);
+    headers.remove(USER_HEADER);
+    if let Some(u) = user {
+        headers.insert(USER, u.clone());
+    }
 }
+
+/// [`USER_HEADER`] as a name made at compile time (inserting by `&str` copies the name).
+const USER: HeaderName = HeaderName::from_static(USER_HEADER);
 
 /// The upstream request of the proxy's short path, written straight from the client's fields
 /// read in place: what [`Upstreams::send`] does to a header map (hop-by-hop fields and
@@ -258,23 +273,22 @@ fn encode_short_request<'a, I>(
     if let Some(u) = user {
         push_field(out, USER_HEADER.as_bytes(), u.as_bytes());
     }
+    // Earlier hops' values, unless `Connection` names the field (the full path strips those
+    // before it appends this hop).
+    let kept = |n: &'static [u8]| {
+        fields()
+            .filter(named(n))
+            .filter(|(name, _)| !hop_by_hop_in(name, fields))
+            .map(|(_, v)| v)
+    };
     out.extend_from_slice(b"x-forwarded-for: ");
-    write_x_forwarded_for(
-        fields().filter(named(b"x-forwarded-for")).map(|(_, v)| v),
-        ip,
-        out,
-    );
+    write_x_forwarded_for(kept(b"x-forwarded-for"), ip, out);
     out.extend_from_slice(b"\r\nforwarded: ");
     let original_host = fields().find(named(b"host")).map(|(_, v)| v);
-    write_forwarded(
-        fields().filter(named(b"forwarded")).map(|(_, v)| v),
-        client,
-        ip,
-        original_host,
-        out,
-    );
+    write_forwarded(kept(b"forwarded"), client, ip, original_host, out);
     out.extend_from_slice(b"\r\n");
-    if !body.is_empty() {
+    // The body's length; also 0 when the client said so (the full path passes its field on).
+    if !body.is_empty() || kept(b"content-length").next().is_some() {
         let _ = std::io::Write::write_fmt(out, format_args!("content-length: {}\r\n", body.len()));
     }
     out.extend_from_slice(b"\r\n");
@@ -284,16 +298,28 @@ fn encode_short_request<'a, I>(
 /// The client's answer head of the proxy's short path, from the upstream's fields read in
 /// place: hop-by-hop fields out, the rest as the upstream sent them (its Content-Length too:
 /// the body passes unchanged), then what this hop adds (see `server.rs`).
-fn encode_short_answer_head(view: &h1::HeadView<'_, '_>, close: bool, out: &mut Vec<u8>) {
+///
+/// The upstream's Content-Length fields are replaced by one `length` (the framing the
+/// answer was read with, or for HEAD and 304 the length it announced): a field list with a
+/// sign, repeats or a `Connection` naming it never reaches the client.
+fn encode_short_answer_head(
+    view: &h1::HeadView<'_, '_>,
+    length: Option<u64>,
+    close: bool,
+    out: &mut Vec<u8>,
+) {
     crate::server::start_head(view.status, out);
     let fields = || view.fields();
     let mut has_date = false;
     for (name, value) in fields() {
-        if hop_by_hop_in(name, &fields) {
+        if name.eq_ignore_ascii_case(b"content-length") || hop_by_hop_in(name, &fields) {
             continue;
         }
         has_date |= name.eq_ignore_ascii_case(b"date");
         push_field(out, name, value);
+    }
+    if let Some(n) = length {
+        let _ = std::io::Write::write_fmt(out, format_args!("content-length: {n}\r\n"));
     }
     crate::server::end_head(has_date, close, out);
 }
@@ -401,6 +427,7 @@ impl Upstreams {
         target: &Target,
         protocol: Protocol,
         client: SocketAddr,
+        user: Option<&HeaderValue>,
     ) -> Response<Body> {
         let authority = &target.authority;
         let path = req
@@ -415,6 +442,7 @@ impl Upstreams {
             target,
             protocol,
             client,
+            user,
         );
 
         if protocol == Protocol::Http1 {
@@ -562,9 +590,9 @@ impl Upstreams {
                 buf,
             )
         };
-        let write_head = |view: &h1::HeadView<'_, '_>, out: &mut Vec<u8>| {
+        let write_head = |view: &h1::HeadView<'_, '_>, length: Option<u64>, out: &mut Vec<u8>| {
             let close = req.close || req.shutting_down.load(std::sync::atomic::Ordering::Acquire);
-            encode_short_answer_head(view, close, out)
+            encode_short_answer_head(view, length, close, out)
         };
         let sent = self
             .h1
@@ -711,6 +739,46 @@ mod tests {
         (line, fields, bytes[len..].to_vec())
     }
 
+    /// One request through the short path's encoder and through the full path's header-map
+    /// steps; both must read the same to the upstream. Returns what it reads.
+    fn both_paths(
+        fields: &[(&[u8], &[u8])],
+        body: &'static [u8],
+        client: SocketAddr,
+    ) -> (String, Vec<(String, String)>, Vec<u8>) {
+        let target = Target::new("up.example:8080".parse().unwrap());
+        let user = HeaderValue::from_static("sh-1");
+        let mut short = Vec::new();
+        encode_short_request(
+            b"PUT",
+            b"/svc/x?a=1",
+            &|| fields.iter().copied(),
+            &target,
+            Some(&user),
+            client,
+            &client_ip_text(client),
+            body,
+            &mut short,
+        );
+        // The full path: a header map through `send` (Expect dropped as `send_lean` does,
+        // the body's length written by `encode_head` when there is a body).
+        let mut h = HeaderMap::new();
+        for (n, v) in fields {
+            h.append(
+                HeaderName::from_bytes(n).unwrap(),
+                HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        adapt_headers(&mut h, None, &target, Protocol::Http1, client, Some(&user));
+        h.remove(header::EXPECT);
+        let mut full = Vec::new();
+        let body = (!body.is_empty()).then(|| bytes::Bytes::from_static(body));
+        h1::encode_head(&Method::PUT, "/svc/x?a=1", &h, body.as_ref(), &mut full);
+        let seen = as_upstream_sees(&short);
+        assert_eq!(seen, as_upstream_sees(&full), "short path vs full path");
+        seen
+    }
+
     #[test]
     fn the_short_path_adapts_a_request_as_the_full_path_does() {
         let fields: &[(&[u8], &[u8])] = &[
@@ -729,43 +797,9 @@ mod tests {
             (b"Expect", b"100-continue"),
             (b"Content-Length", b"5"),
         ];
-        let target = Target::new("up.example:8080".parse().unwrap());
-        let user = HeaderValue::from_static("sh-1");
         for client in ["127.0.0.9:5000", "[::1]:7"] {
             let client: SocketAddr = client.parse().unwrap();
-            let mut short = Vec::new();
-            encode_short_request(
-                b"PUT",
-                b"/svc/x?a=1",
-                &|| fields.iter().copied(),
-                &target,
-                Some(&user),
-                client,
-                &client_ip_text(client),
-                b"hello",
-                &mut short,
-            );
-            // The full path: a header map through `send` (with the user set as `service.rs`
-            // does, and Expect dropped as `send_lean` does).
-            let mut h = HeaderMap::new();
-            for (n, v) in fields {
-                h.append(
-                    HeaderName::from_bytes(n).unwrap(),
-                    HeaderValue::from_bytes(v).unwrap(),
-                );
-            }
-            h.remove(USER_HEADER);
-            h.insert(USER_HEADER, user.clone());
-            adapt_headers(&mut h, None, &target, Protocol::Http1, client);
-            h.remove(header::EXPECT);
-            let mut full = Vec::new();
-            let body = bytes::Bytes::from_static(b"hello");
-            h1::encode_head(&Method::PUT, "/svc/x?a=1", &h, Some(&body), &mut full);
-            let (line, seen, body) = as_upstream_sees(&short);
-            assert_eq!(
-                (line.clone(), seen.clone(), body.clone()),
-                as_upstream_sees(&full)
-            );
+            let (line, seen, body) = both_paths(fields, b"hello", client);
             assert_eq!(line, "PUT /svc/x?a=1");
             assert_eq!(body, b"hello");
             let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
@@ -784,6 +818,29 @@ mod tests {
             assert!(seen.contains(&("homeport-user".into(), "sh-1".into())));
             assert!(seen.contains(&("host".into(), "up.example:8080".into())));
         }
+        // A client naming the gateway's own fields in Connection: the checked user still
+        // arrives, earlier hops named there are dropped, and an empty body keeps its length.
+        let named: &[(&[u8], &[u8])] = &[
+            (b"Host", b"gw\\"),
+            (b"Connection", b"homeport-user, x-forwarded-for, forwarded"),
+            (b"Homeport-User", b"sh-999"),
+            (b"X-Forwarded-For", b"6.6.6.6"),
+            (b"Forwarded", b"for=6.6.6.6"),
+            (b"Content-Length", b"0"),
+        ];
+        let (_, seen, body) = both_paths(named, b"", "127.0.0.9:1".parse().unwrap());
+        assert!(body.is_empty());
+        assert_eq!(
+            seen,
+            [
+                ("content-length".to_string(), "0".to_string()),
+                // The host is left out: a backslash cannot stand in a quoted-string as is.
+                ("forwarded".into(), "for=127.0.0.9;proto=http".into()),
+                ("homeport-user".into(), "sh-1".into()),
+                ("host".into(), "up.example:8080".into()),
+                ("x-forwarded-for".into(), "127.0.0.9".into()),
+            ]
+        );
     }
 
     #[test]
@@ -803,11 +860,11 @@ mod tests {
             len,
         };
         let mut out = Vec::new();
-        encode_short_answer_head(&view, true, &mut out);
+        encode_short_answer_head(&view, Some(2), true, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Kept: yes\r\nDate: Sun, 06 Nov 1994 \
-             08:49:37 GMT\r\nconnection: close\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nX-Kept: yes\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+             content-length: 2\r\nconnection: close\r\n\r\n"
         );
     }
 

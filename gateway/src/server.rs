@@ -268,11 +268,15 @@ fn response_framing(status: StatusCode, head_request: bool, body: &Body) -> Fram
 }
 
 /// Fields this hop sets itself; the handler's values of them are not sent.
-fn hop_field(name: &HeaderName, framing: Framing) -> bool {
+/// A handler's Content-Length is kept only where this hop sends no framing of its own (HEAD,
+/// 304: it announces a length), never on 1xx or 204 (RFC 9110 §8.6).
+fn hop_field(name: &HeaderName, framing: Framing, status: StatusCode) -> bool {
+    let s = status.as_u16();
     name == header::CONNECTION
         || name == header::TRANSFER_ENCODING
         || name == "keep-alive"
-        || (name == header::CONTENT_LENGTH && framing != Framing::NoBody)
+        || (name == header::CONTENT_LENGTH
+            && (framing != Framing::NoBody || s == 204 || (100..200).contains(&s)))
 }
 
 /// The response head: status line, the handler's fields, this hop's framing, then
@@ -286,7 +290,7 @@ fn encode_response_head(
 ) {
     start_head(status, out);
     for (name, value) in headers {
-        if hop_field(name, framing) {
+        if hop_field(name, framing, status) {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -529,17 +533,23 @@ pub(crate) async fn serve(
         stopped: false,
     };
     let head_timeout = Duration::from_millis(HEADER_READ_TIMEOUT_MS);
+    let mut first_request = true;
     loop {
         // A complete head, or the end of the connection.
         let mut deadline = None;
         let parsed = loop {
-            if conn.buf.starts_with(H2_PREFACE_START) {
+            // The h2c preface counts only as a connection's first bytes (RFC 9113 §3.4); while
+            // they are a part of it, wait for more.
+            let preface = first_request && H2_PREFACE_START.starts_with(&conn.buf[..]);
+            if first_request && conn.buf.starts_with(H2_PREFACE_START) {
                 return hand_to_hyper(conn, worker, hyper_server, "h2c").await;
             }
-            match parse_request(&conn.buf, &mut conn.fields) {
-                Ok(Some(p)) => break p,
-                Ok(None) => {}
-                Err(e) => return conn.refuse(e).await,
+            if !preface {
+                match parse_request(&conn.buf, &mut conn.fields) {
+                    Ok(Some(p)) => break p,
+                    Ok(None) => {}
+                    Err(e) => return conn.refuse(e).await,
+                }
             }
             let d = *deadline.get_or_insert_with(|| Instant::now() + head_timeout);
             if let Err(ended) = conn.read_more(d).await {
@@ -549,6 +559,7 @@ pub(crate) async fn serve(
                 return;
             }
         };
+        first_request = false;
         let head_bytes = &conn.buf[..parsed.len];
         let fields = || {
             conn.fields

@@ -24,7 +24,7 @@ use crate::admission::{Admission, Rejected};
 use crate::body::{Body, CollectError, collect_limited, problem, problem_with};
 use crate::forward::{self, ForwardError, Forwarder};
 use crate::homes::CachedHomes;
-use crate::proxy::{Protocol, Target, USER_HEADER, Upstreams};
+use crate::proxy::{Protocol, Target, Upstreams};
 use crate::routes::{self, Route};
 use crate::ticket::{CachingVerifier, TicketError, Verified};
 use crate::wechat_ids::{ClaimOutcome, ReleaseOutcome, WechatIdError, WechatIds, WxId, WxidError};
@@ -737,8 +737,9 @@ impl Gateway {
                 );
             }
         };
-        let req = with_user_value(req, claims.uid_header.clone());
-        up.send(req, authority, service.protocol, client).await
+        let user = claims.uid_header.as_ref();
+        up.send(req, authority, service.protocol, client, user)
+            .await
     }
 
     async fn to_region(
@@ -748,9 +749,15 @@ impl Gateway {
         uid: &str,
         up: &Upstreams,
     ) -> Response<Body> {
-        let req = with_user(req, uid);
-        up.send(req, &self.region_api, Protocol::Http1, client)
-            .await
+        let user = HeaderValue::from_str(uid).ok();
+        up.send(
+            req,
+            &self.region_api,
+            Protocol::Http1,
+            client,
+            user.as_ref(),
+        )
+        .await
     }
 
     /// Sends the client home (307) or carries its request there, as `policy` says.
@@ -935,29 +942,6 @@ impl Gateway {
         }
     }
 }
-
-/// Tells the upstream (or region process) which user the checked ticket named; a client's own
-/// value of the header is never passed on.
-fn with_user(req: Request<Body>, uid: &str) -> Request<Body> {
-    let value = HeaderValue::from_str(uid).ok();
-    with_user_value(req, value)
-}
-
-/// [`with_user`] with the value made already (the ticket cache keeps one per ticket).
-fn with_user_value(mut req: Request<Body>, uid: Option<HeaderValue>) -> Request<Body> {
-    let headers = req.headers_mut();
-    // Room for this field and the three the proxy adds (Host, X-Forwarded-For, Forwarded), so
-    // the map grows once at most.
-    headers.reserve(4);
-    headers.remove(&USER);
-    if let Some(v) = uid {
-        headers.insert(USER, v);
-    }
-    req
-}
-
-/// [`USER_HEADER`] as a name made at compile time (inserting by `&str` copies the name).
-const USER: http::HeaderName = http::HeaderName::from_static(USER_HEADER);
 
 fn query_consistency(query: Option<&str>) -> Result<Consistency, String> {
     match routes::query_param(query, "consistency") {

@@ -220,6 +220,43 @@ async fn the_connection_loop_keeps_alive_pipelines_and_refuses_bad_heads() -> Re
     let (head, _) = read_response(&mut s, &mut Vec::new()).await?;
     ensure!(status(&head) == "400", "conflicting lengths: {head}");
 
+    // A signed length (u64::from_str takes "+5"; RFC 9110 says 1*DIGIT): 400.
+    let mut s = connect().await?;
+    s.write_all(
+        format!(
+            "PUT /svc/sink HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {ticket}\r\n\
+             Content-Length: +5\r\n\r\nhello"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let (head, _) = read_response(&mut s, &mut Vec::new()).await?;
+    ensure!(status(&head) == "400", "signed length: {head}");
+
+    // The h2c preface arriving in pieces still starts HTTP/2 (the server's first frame is
+    // SETTINGS, type 4); after an HTTP/1.1 request it is no preface, just a bad request.
+    let mut s = connect().await?;
+    s.write_all(b"PRI * HTTP/2").await?;
+    s.flush().await?;
+    tokio::task::yield_now().await;
+    s.write_all(b".0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await?;
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(
+        Duration::from_millis(READ_TIMEOUT_MS),
+        s.read_exact(&mut frame),
+    )
+    .await??;
+    ensure!(frame[3] == 4, "an HTTP/2 SETTINGS frame first: {frame:?}");
+    let mut s = connect().await?;
+    let mut pending = Vec::new();
+    s.write_all(get("/svc/headers", "").as_bytes()).await?;
+    let (head, _) = read_response(&mut s, &mut pending).await?;
+    ensure!(status(&head) == "200", "{head}");
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    let (head, _) = read_response(&mut s, &mut pending).await?;
+    ensure!(status(&head) == "400", "a preface mid-connection: {head}");
+
     // A head over the limit: 431.
     let mut s = connect().await?;
     let huge = get(
