@@ -438,6 +438,12 @@ impl ClientConn {
         }
     }
 
+    /// Whether the connection ends after this answer: the client asked (`asked`), or the
+    /// gateway is stopping.
+    fn closing(&self, asked: bool, gateway: &crate::service::Gateway) -> bool {
+        asked || self.stopped || gateway.shutting_down.load(Ordering::Acquire)
+    }
+
     /// Writes `resp`; `Err` when the connection cannot carry another request (the client went
     /// away, or the body failed midway and the client sees it cut short).
     async fn respond(
@@ -581,17 +587,15 @@ pub(crate) async fn serve(
                 return;
             }
         }
-        if let Some(ended) = short_path(&mut conn, &worker, &parsed, body_bytes, close).await {
+        match short_path(&mut conn, &worker, &parsed, body_bytes, close).await {
+            None => {}
             // Whatever the answer said: the shutdown flag only ever goes from false to true.
-            let close = close || worker.gateway.shutting_down.load(Ordering::Acquire);
-            match ended {
-                Ok(()) if !close => continue,
-                Ok(()) => {
-                    let _ = conn.stream.shutdown().await;
-                    return;
-                }
-                Err(()) => return,
+            Some(Short::Answered) if !conn.closing(close, &worker.gateway) => continue,
+            Some(Short::Answered) => {
+                let _ = conn.stream.shutdown().await;
+                return;
             }
+            Some(Short::Broken) => return,
         }
         let head = conn.buf.split_to(parsed.len).freeze();
         let body = conn.buf.split_to(body_bytes).freeze();
@@ -605,7 +609,7 @@ pub(crate) async fn serve(
             .handle(req, client, Via::Client, &worker.upstreams)
             .await;
         drop(head);
-        let close = close || conn.stopped || worker.gateway.shutting_down.load(Ordering::Acquire);
+        let close = conn.closing(close, &worker.gateway);
         if let Err(e) = conn.respond(resp, head_request, close).await {
             tracing::debug!(%client, error = %e, "an answer could not be sent whole");
             return;
@@ -626,15 +630,22 @@ pub(crate) async fn serve(
 /// The proxy's short path: a request for a local HTTP/1.1 upstream, every check passed (see
 /// `Gateway::short_path`), goes upstream straight from the bytes read, and a small answer
 /// comes back into the client's write buffer: no request or response objects, no header maps.
-/// `None` when the request is not for it (nothing is consumed; the full path serves it);
-/// otherwise whether the answer was written.
+/// What the short path did with a request it took.
+enum Short {
+    /// Answered; the connection may carry another request.
+    Answered,
+    /// The answer could not be sent whole: the connection ends.
+    Broken,
+}
+
+/// `None` when the request is not for it (nothing is consumed; the full path serves it).
 async fn short_path(
     conn: &mut ClientConn,
     worker: &Worker,
     parsed: &ParsedHead,
     body_bytes: usize,
     close: bool,
-) -> Option<Result<(), ()>> {
+) -> Option<Short> {
     let head = &conn.buf[..parsed.len];
     let target = &head[parsed.target.range()];
     // Only a plain origin-form target: anything the URI parser might read differently (a
@@ -696,7 +707,7 @@ async fn short_path(
         ShortAnswer::Respond(resp) => {
             gateway.count_upstream_answer(resp.status());
             let head_request = method == Method::HEAD;
-            let close = close || gateway.shutting_down.load(Ordering::Acquire);
+            let close = conn.closing(close, gateway);
             conn.respond(resp, head_request, close).await.map_err(|e| {
                 tracing::debug!(client = %conn.client, error = %e, "an answer could not be sent whole");
             })
@@ -704,7 +715,10 @@ async fn short_path(
     };
     drop(short.permit);
     conn.buf.advance(parsed.len + body_bytes);
-    Some(written)
+    Some(match written {
+        Ok(()) => Short::Answered,
+        Err(()) => Short::Broken,
+    })
 }
 
 /// Resolves once the gateway is stopping (or its stop signal is gone).
