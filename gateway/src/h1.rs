@@ -83,15 +83,10 @@ pub(crate) fn encode_head(
         if body.is_some() && name == header::CONTENT_LENGTH {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(b) = body {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(b.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_content_length(out, b.len() as u64);
     }
     out.extend_from_slice(b"\r\n");
     if let Some(b) = body {
@@ -106,6 +101,54 @@ pub(crate) struct Head {
     /// HTTP/1.0 answers are not kept alive unless they say so.
     pub minor_version: u8,
     pub headers: HeaderMap,
+}
+
+/// One field line of a head: `name: value` and CRLF.
+pub(crate) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The `content-length` field line for `n` bytes.
+pub(crate) fn push_content_length(out: &mut Vec<u8>, n: u64) {
+    use std::io::Write as _;
+    let _ = write!(out, "content-length: {n}\r\n");
+}
+
+/// Whether an answer with this status never has a body (RFC 9110 §6.4.1): 1xx, 204, 304.
+pub(crate) fn bodiless(status: StatusCode) -> bool {
+    let s = status.as_u16();
+    (100..200).contains(&s) || s == 204 || s == 304
+}
+
+/// Where something lies in a parsed head, as byte offsets into the buffer it was parsed from
+/// (heads are at most 64 KiB, so offsets fit in 32 bits). Values made from a frozen buffer by
+/// offset share its bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    /// Where `part`, a slice of `base`, lies in it.
+    pub fn of(base: &[u8], part: &[u8]) -> Span {
+        let start = part.as_ptr() as usize - base.as_ptr() as usize;
+        debug_assert!(
+            start + part.len() <= base.len(),
+            "a span lies inside its buffer"
+        );
+        Span {
+            start: start as u32,
+            end: (start + part.len()) as u32,
+        }
+    }
+
+    pub fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
 }
 
 /// A response head parsed in place: its fields borrow the read buffer (nothing copied yet).
@@ -156,28 +199,25 @@ fn parse_view<'b, 'h>(
 /// Parses a response head from the front of `buf` and removes it; `Ok(None)` until it is
 /// complete. Field values share the buffer's bytes (no copy).
 pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
-    // Offsets (name start, name end, value start, value end) into the buffer, on the stack (no
-    // allocation), so the values can share its bytes once it is frozen.
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_RESPONSE_HEADERS];
+    // Offsets of names and values into the buffer, on the stack (no allocation), so the values
+    // can share its bytes once it is frozen.
+    let mut spans = [(Span::default(), Span::default()); MAX_RESPONSE_HEADERS];
     let (status, minor_version, len, count) = {
         let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
         let Some(view) = parse_view(buf, &mut storage)? else {
             return Ok(None);
         };
-        let base = buf.as_ptr() as usize;
         for (span, f) in spans.iter_mut().zip(view.fields.iter()) {
-            let name = f.name.as_ptr() as usize - base;
-            let value = f.value.as_ptr() as usize - base;
-            *span = (name, name + f.name.len(), value, value + f.value.len());
+            *span = (Span::of(buf, f.name.as_bytes()), Span::of(buf, f.value));
         }
         (view.status, view.minor_version, view.len, view.fields.len())
     };
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
-    for &(name_start, name_end, value_start, value_end) in spans.iter().take(count) {
-        let name = HeaderName::from_bytes(&head[name_start..name_end])
+    for &(name, value) in spans.iter().take(count) {
+        let name = HeaderName::from_bytes(&head[name.range()])
             .map_err(|_| H1Error::Invalid("a field name is not a valid token".into()))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
+        let value = HeaderValue::from_maybe_shared(head.slice(value.range()))
             .map_err(|_| H1Error::Invalid(format!("bad value of field {name}")))?;
         headers.append(name, value);
     }
@@ -219,8 +259,7 @@ pub(crate) fn framing_of<'a, I>(
 where
     I: Iterator<Item = (&'a [u8], &'a [u8])>,
 {
-    let s = status.as_u16();
-    if method == Method::HEAD || (100..200).contains(&s) || s == 204 || s == 304 {
+    if method == Method::HEAD || bodiless(status) {
         return Ok(Framing::None);
     }
     // Chunked must be the last coding; anything else runs until close.
@@ -852,10 +891,9 @@ fn small_step(
     // The body to take, and the Content-Length the client is told.
     let (body, length) = match framing_of(method, view.status, || view.fields())? {
         Framing::None => {
-            let s = view.status.as_u16();
             // A HEAD or 304 answer may announce the length of what a GET would get; an
             // invalid announcement is dropped (it frames nothing here). 204 has none.
-            let announced = (s != 204)
+            let announced = (view.status != StatusCode::NO_CONTENT)
                 .then(|| {
                     content_length(
                         view.fields()

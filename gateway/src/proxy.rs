@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{Body, problem};
-use crate::h1;
+use crate::h1::{self, push_content_length, push_field};
 
 /// How often idle pooled HTTP/1.1 connections are checked for expiry and for an upstream that
 /// closed them.
@@ -235,7 +235,7 @@ const USER: HeaderName = HeaderName::from_static(USER_HEADER);
 /// `Forwarded`, the body's length), without building one.
 #[allow(clippy::too_many_arguments)]
 fn encode_short_request<'a, I>(
-    method: &[u8],
+    method: &Method,
     target: &[u8],
     fields: &impl Fn() -> I,
     upstream: &Target,
@@ -257,7 +257,7 @@ fn encode_short_request<'a, I>(
     ];
     let named =
         |n: &'static [u8]| move |(name, _): &(&'a [u8], &'a [u8])| name.eq_ignore_ascii_case(n);
-    out.extend_from_slice(method);
+    out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
@@ -289,7 +289,7 @@ fn encode_short_request<'a, I>(
     out.extend_from_slice(b"\r\n");
     // The body's length; also 0 when the client said so (the full path passes its field on).
     if !body.is_empty() || kept(b"content-length").next().is_some() {
-        let _ = std::io::Write::write_fmt(out, format_args!("content-length: {}\r\n", body.len()));
+        push_content_length(out, body.len() as u64);
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
@@ -319,21 +319,14 @@ fn encode_short_answer_head(
         push_field(out, name, value);
     }
     if let Some(n) = length {
-        let _ = std::io::Write::write_fmt(out, format_args!("content-length: {n}\r\n"));
+        push_content_length(out, n);
     }
     crate::server::end_head(has_date, close, out);
 }
 
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// A request for the proxy's short path: the client's head read in place, its body read whole.
 pub(crate) struct ShortRequest<'a, F> {
-    pub method: &'a [u8],
+    pub method: &'a Method,
     pub target: &'a [u8],
     /// Makes a fresh iterator over the client's fields.
     pub fields: F,
@@ -570,13 +563,6 @@ impl Upstreams {
         I: Iterator<Item = (&'a [u8], &'a [u8])>,
     {
         let authority = &upstream.authority;
-        let Ok(method) = Method::from_bytes(req.method) else {
-            return ShortAnswer::Respond(problem(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "the method is not a token",
-            ));
-        };
         let encode = |buf: &mut Vec<u8>| {
             encode_short_request(
                 req.method,
@@ -596,7 +582,7 @@ impl Upstreams {
         };
         let sent = self
             .h1
-            .send_small(authority, &method, encode, out, write_head);
+            .send_small(authority, req.method, encode, out, write_head);
         // The caller's timer, moved later for every request: that is an atomic store, where a
         // new timeout is a timer-wheel insert and removal per request.
         timer
@@ -750,7 +736,7 @@ mod tests {
         let user = HeaderValue::from_static("sh-1");
         let mut short = Vec::new();
         encode_short_request(
-            b"PUT",
+            &Method::PUT,
             b"/svc/x?a=1",
             &|| fields.iter().copied(),
             &target,

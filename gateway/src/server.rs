@@ -11,7 +11,9 @@
 //! the bytes it has read put back in front ([`Rewind`]): h2c (prior knowledge), HTTP/1.0,
 //! request bodies that are chunked or larger than `SMALL_BODY_BYTES` (they stream, full duplex),
 //! `Expect`, upgrades and `CONNECT`. So every protocol feature hyper had stays, and the common
-//! request (no body or a small one) takes the short path.
+//! request (no body or a small one) stays in this loop. A plain request for a local upstream
+//! goes further: the proxy's short path (`short_path` here, `Upstreams::send_short`) carries it
+//! without building request or response objects at all.
 //!
 //! The protocol decisions (head parsing, how a request is framed, the response head) are pure
 //! functions, unit-tested without sockets.
@@ -40,7 +42,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::body::{self, Body, problem};
-use crate::h1;
+use crate::h1::{self, Span};
 use crate::proxy::{SMALL_BODY_BYTES, ShortAnswer, ShortRequest};
 use crate::service::Via;
 use crate::{HEADER_READ_TIMEOUT_MS, Worker};
@@ -83,32 +85,6 @@ impl RequestError {
                 problem(StatusCode::BAD_REQUEST, "bad_request", self.to_string())
             }
         }
-    }
-}
-
-/// Where something lies in a request head, as byte offsets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Span {
-    start: u32,
-    end: u32,
-}
-
-impl Span {
-    fn of(base: &[u8], part: &[u8]) -> Span {
-        let start = part.as_ptr() as usize - base.as_ptr() as usize;
-        debug_assert!(
-            start + part.len() <= base.len(),
-            "a span lies inside its buffer"
-        );
-        // Heads are at most MAX_REQUEST_HEAD_BYTES long, so offsets fit.
-        Span {
-            start: start as u32,
-            end: (start + part.len()) as u32,
-        }
-    }
-
-    fn range(self) -> std::ops::Range<usize> {
-        self.start as usize..self.end as usize
     }
 }
 
@@ -187,20 +163,17 @@ where
     if method == b"CONNECT" {
         return Ok(Plan::Hyper("CONNECT"));
     }
-    let mut close = false;
-    for (name, value) in fields() {
+    for (name, _) in fields() {
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
             return Ok(Plan::Hyper("a transfer-coded request body"));
         } else if name.eq_ignore_ascii_case(b"expect") {
             return Ok(Plan::Hyper("Expect"));
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             return Ok(Plan::Hyper("an upgrade"));
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            close |= value
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
         }
     }
+    // The same persistence rule as for answers (RFC 9112 §9.3).
+    let close = !h1::keep_alive_of(minor_version, fields());
     let length = h1::content_length(
         fields()
             .filter(|(n, _)| n.eq_ignore_ascii_case(b"content-length"))
@@ -257,8 +230,7 @@ enum Framing {
 }
 
 fn response_framing(status: StatusCode, head_request: bool, body: &Body) -> Framing {
-    let s = status.as_u16();
-    if head_request || (100..200).contains(&s) || s == 204 || s == 304 {
+    if head_request || h1::bodiless(status) {
         return Framing::NoBody;
     }
     match body.size_hint().exact() {
@@ -271,12 +243,11 @@ fn response_framing(status: StatusCode, head_request: bool, body: &Body) -> Fram
 /// A handler's Content-Length is kept only where this hop sends no framing of its own (HEAD,
 /// 304: it announces a length), never on 1xx or 204 (RFC 9110 §8.6).
 fn hop_field(name: &HeaderName, framing: Framing, status: StatusCode) -> bool {
-    let s = status.as_u16();
+    let announces_length = status == StatusCode::NOT_MODIFIED || !h1::bodiless(status);
     name == header::CONNECTION
         || name == header::TRANSFER_ENCODING
         || name == "keep-alive"
-        || (name == header::CONTENT_LENGTH
-            && (framing != Framing::NoBody || s == 204 || (100..200).contains(&s)))
+        || (name == header::CONTENT_LENGTH && (framing != Framing::NoBody || !announces_length))
 }
 
 /// The response head: status line, the handler's fields, this hop's framing, then
@@ -293,16 +264,11 @@ fn encode_response_head(
         if hop_field(name, framing, status) {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        h1::push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
         Framing::NoBody => {}
-        Framing::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
-        }
+        Framing::Length(n) => h1::push_content_length(out, n),
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     end_head(headers.contains_key(header::DATE), close, out);
@@ -659,8 +625,7 @@ async fn short_path(
         .position(|b| *b == b'?')
         .unwrap_or(target.len());
     let path = std::str::from_utf8(&target[..path_end]).ok()?;
-    let method_bytes = &head[parsed.method.range()];
-    let method = Method::from_bytes(method_bytes).ok()?;
+    let method = Method::from_bytes(&head[parsed.method.range()]).ok()?;
     let fields = || {
         conn.fields
             .iter()
@@ -679,7 +644,7 @@ async fn short_path(
         field(crate::service::TICKET_HEADER.as_bytes()),
     )?;
     let req = ShortRequest {
-        method: method_bytes,
+        method: &method,
         target,
         fields,
         body: &conn.buf[parsed.len..parsed.len + body_bytes],
