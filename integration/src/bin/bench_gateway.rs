@@ -485,7 +485,7 @@ fn report(args: &Args, rounds: &[Vec<Measured>], load_before: &str, load_after: 
             "- {target}: {} requests/s, {}x the direct throughput, p99 {} ms against direct, {} µs CPU per request",
             fmt(median(rps), 0),
             fmt(median(vs_direct), 2),
-            fmt(median(added_p99).map(|x| (x * 1000.0).round() / 1000.0), 3),
+            fmt(median(added_p99), 3),
             fmt(median(cpu), 1),
         );
     }
